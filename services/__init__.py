@@ -1,0 +1,1 @@
+"""The microservices: actor, replay, learner, gateway, and the embedded launcher."""

@@ -1,0 +1,142 @@
+"""Gateway: the REST API over the run records (KV) and the metrics stream.
+
+POST /runs validates a RunConfig (422 names the field), writes a pending
+record; a learner claims it. Mutating calls need a bearer token when one is
+configured (RL_API_TOKEN).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+import uuid
+from typing import Any, Optional
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from pydantic import BaseModel, Field
+
+from services.gateway.metrics_cache import MetricsCache
+from shared import bus, runs
+from shared.config import ACTIVE_STATES, RunConfig, RunRecord, RunState
+
+API_TOKEN_ENV = "RL_API_TOKEN"
+
+
+class RunView(BaseModel):
+    """A run as clients see it: the record plus its latest progress."""
+
+    id: str
+    state: RunState
+    config: RunConfig
+    created_at: float
+    updated_at: float
+    learner_id: Optional[str] = None
+    heartbeat: Optional[float] = None
+    reason: Optional[str] = None
+    checkpoint: Optional[str] = None
+    agent_steps: int = 0
+    steps_per_s: float = 0.0
+    mean_return: Optional[float] = None
+    episodes: int = 0
+    updates: int = 0
+    trained_steps: int = 0
+    policy_lag: Optional[float] = None
+    data_wait_frac: Optional[float] = None
+    elapsed: Optional[float] = None
+    solved: Optional[dict] = None
+    dropped: int = Field(0, description="fragments dropped: queue overflow and staleness")
+    rejected: int = Field(0, description="malformed or foreign messages dropped")
+    counters: dict[str, Any] = Field(default_factory=dict)
+    replay: dict[str, int] = Field(default_factory=dict)
+
+
+def create_app(nats_url: Optional[str] = None, api_token: Optional[str] = None) -> FastAPI:
+    token = api_token if api_token is not None else os.environ.get(API_TOKEN_ENV) or None
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        counters: dict = {}
+        nc = await bus.connect(nats_url, "gateway", counters)
+        assets = await bus.ensure_assets(nc)
+        cache = MetricsCache()
+        await cache.start(assets.js)
+        state.update(nc=nc, assets=assets, cache=cache, counters=counters)
+        yield
+        await nc.drain()
+
+    app = FastAPI(title="Distributed IMPALA trainer", version="0.1.0", lifespan=lifespan,
+                  description="Start, stop and inspect training runs.")
+
+    def require_token(request: Request) -> None:
+        if token is None:
+            return
+        got = request.headers.get("authorization", "")
+        if not secrets.compare_digest(got.encode(), f"Bearer {token}".encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    def view(rec: RunRecord) -> RunView:
+        cache: MetricsCache = state["cache"]
+        m = cache.latest(rec.id) or {}
+        c = m.get("counters") or {}
+        replay = cache.replay_totals(rec.id)
+        return RunView(
+            **rec.model_dump(), agent_steps=m.get("agent_steps", 0), steps_per_s=m.get("steps_per_s", 0.0),
+            mean_return=m.get("mean_return"), episodes=m.get("episodes", 0), updates=m.get("updates", 0),
+            trained_steps=m.get("trained_steps", 0), policy_lag=m.get("policy_lag"),
+            data_wait_frac=m.get("data_wait_frac"), elapsed=m.get("elapsed"), solved=m.get("solved"),
+            dropped=c.get("dropped_fresh", 0) + c.get("stale_dropped", 0),
+            rejected=c.get("rejected", 0) + c.get("rejected_stats", 0) + replay.get("rejected", 0),
+            counters=c, replay=replay)
+
+    async def get_record(run_id: str) -> RunRecord:
+        try:
+            got = await runs.read(state["assets"].runs, run_id)
+        except Exception:
+            got = None  # invalid key for the KV: cannot exist
+        if got is None:
+            raise HTTPException(404, f"unknown run {run_id!r}")
+        return got[0]
+
+    @app.post("/runs", status_code=201, response_model=RunView, dependencies=[Depends(require_token)])
+    async def start_run(config: RunConfig) -> RunView:
+        rec = RunRecord(id=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}", config=config)
+        await runs.create(state["assets"].runs, rec)
+        return view(rec)
+
+    @app.get("/runs", response_model=list[RunView])
+    async def list_runs() -> list[RunView]:
+        return [view(r) for r in await runs.list_all(state["assets"].runs)]
+
+    @app.get("/runs/{run_id}", response_model=RunView)
+    async def get_run(run_id: str) -> RunView:
+        return view(await get_record(run_id))
+
+    @app.post("/runs/{run_id}/stop", response_model=RunView, dependencies=[Depends(require_token)])
+    async def stop_run(run_id: str) -> RunView:
+        rec = await get_record(run_id)
+        if rec.state not in ACTIVE_STATES:
+            raise HTTPException(409, f"run {run_id} is already {rec.state.value}")
+        kv = state["assets"].runs
+        try:  # a pending run has no learner to wind it down: it stops at once
+            rec = await runs.transition(kv, run_id, {RunState.pending}, RunState.stopped, reason="stop requested")
+        except runs.TransitionRefused:
+            try:
+                rec = await runs.transition(kv, run_id, {RunState.running}, RunState.stopping, reason="stop requested")
+            except runs.TransitionRefused:
+                rec = await get_record(run_id)  # already stopping or just ended
+        return view(rec)
+
+    @app.get("/runs/{run_id}/metrics")
+    async def run_metrics(run_id: str, since: float = 0.0) -> dict:
+        await get_record(run_id)
+        points = [p for p in state["cache"].series(run_id) if p.get("time", 0) > since]
+        return {"run": run_id, "points": points}
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        nc = state.get("nc")
+        return {"ok": bool(nc and nc.is_connected), "nats_counters": state.get("counters", {})}
+
+    return app

@@ -1,0 +1,101 @@
+"""python -m services.launcher: the embedded default, the project's main job.
+
+Starts nats-server (JetStream, loopback, token auth) and every service as its
+own process, starts a run through the gateway's REST API, prints live
+progress, and stops everything on Ctrl-C or when the run ends.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from services.launcher.stack import ROOT, Stack
+from shared.client import GatewayClient
+
+PRESETS = {"CartPole-v1": "cartpole.json", "ALE/Pong-v5": "pong.json"}
+
+
+def build_config(args: argparse.Namespace) -> dict:
+    """Preset for the env (configs/*.json) < --config file < --set overrides; actors auto-sized."""
+    cfg: dict = {}
+    preset = PRESETS.get(args.env)
+    if preset:
+        cfg.update(json.loads((ROOT / "configs" / preset).read_text()))
+    if args.config:
+        cfg.update(json.loads(Path(args.config).read_text()))
+    cfg["env_id"] = args.env if args.env else cfg.get("env_id", "CartPole-v1")
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        try:
+            cfg[key] = json.loads(value)
+        except json.JSONDecodeError:
+            cfg[key] = value
+    if args.actors is not None:
+        cfg["num_actors"] = args.actors
+    cfg.setdefault("num_actors", max(1, (os.cpu_count() or 2) - 1))
+    return cfg
+
+
+def progress_line(v: dict) -> str:
+    ret = "-" if v.get("mean_return") is None else f"{v['mean_return']:7.1f}"
+    lag = "-" if v.get("policy_lag") is None else f"{v['policy_lag']:.1f}"
+    return (f"[{v.get('elapsed') or 0:6.1f}s] {v['state']:8s} steps {v['agent_steps']:>10,d} "
+            f"({v['steps_per_s']:>7,.0f}/s) | return {ret} ({v['episodes']} ep) | updates {v['updates']:>6,d} "
+            f"| lag {lag} | dropped {v['dropped']} rejected {v['rejected']}")
+
+
+async def follow(stack: Stack, config: dict, timeout: float) -> dict:
+    async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
+        await gw.wait_ready()
+        run = await gw.start_run(config)
+        print(f"run {run['id']} started: {json.dumps(config)}", flush=True)
+        try:
+            final = await gw.wait_final(run["id"], timeout, on_poll=lambda v: print(progress_line(v), flush=True),
+                                        interval=2.0)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            print("stopping the run ...", flush=True)
+            await gw.stop(run["id"])
+            final = await gw.wait_final(run["id"], 60)
+        return final
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Run the whole trainer on this machine (embedded NATS).")
+    p.add_argument("--env", default="CartPole-v1", help="env id; configs/ has presets for CartPole-v1, ALE/Pong-v5")
+    p.add_argument("--config", default=None, help="JSON file with RunConfig fields")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config field")
+    p.add_argument("--actors", type=int, default=None, help="actor processes (default: preset or cores-1)")
+    p.add_argument("--run-dir", default=None, help="where logs, NATS data and checkpoints go")
+    p.add_argument("--timeout", type=float, default=24 * 3600, help="give up after this many seconds")
+    args = p.parse_args()
+    config = build_config(args)
+    run_dir = Path(args.run_dir or ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S"))
+    stack = Stack(run_dir)
+    print(f"run dir {run_dir}; logs in {stack.logs}", flush=True)
+    try:
+        stack.start_all(actors=config["num_actors"])
+        print(f"nats {stack.nats_url.split('@')[-1]} | gateway {stack.gateway_url} (docs at /docs) | "
+              f"API token {stack.api_token}", flush=True)
+        final = asyncio.run(follow(stack, config, args.timeout))
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        final = None
+    finally:
+        stack.close()
+    if final:
+        print(f"run {final['id']} {final['state']}: {final.get('reason')}; checkpoint {final.get('checkpoint')}")
+        if final.get("solved"):
+            s = final["solved"]
+            print(f"solved after {s['agent_steps']:,} agent steps and {s['seconds']:.1f} s")
+        sys.exit(0 if final["state"] in ("finished", "stopped") else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""Learner: claims a pending run, trains on fresh and replayed fragments,
+publishes weights, metrics and checkpoints.
+
+The event loop owns NATS; the optimiser runs in one worker thread and the
+decoding in a small pool, so receiving, assembling and training overlap.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from services.learner.prefetch import Prefetcher
+from services.learner.progress import Progress
+from services.learner.trainer import Trainer
+from shared import bus, runs, wire, wiring
+from shared.config import RunRecord, RunState
+from shared.envs import env_spec
+from shared.models import state_to_numpy
+from shared.service import Counters
+
+log = logging.getLogger("learner")
+
+HEARTBEAT_S = 1.0
+METRICS_S = 1.0
+
+
+class Learner:
+    def __init__(self, nats_url: Optional[str], checkpoint_dir: str | Path, device: str = "auto",
+                 run_id: Optional[str] = None):
+        self.nats_url, self.fixed_run = nats_url, run_id
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        self.learner_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.counters = Counters()
+
+    async def main(self, stop: asyncio.Event) -> None:
+        self.nc = await bus.connect(self.nats_url, "learner", self.counters)
+        self.assets = await bus.ensure_assets(self.nc)
+        log.info("learner %s ready on %s", self.learner_id, self.device)
+        while not stop.is_set():
+            rec = await self._claim()
+            if rec is None:
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            session = RunSession(self, rec)
+            try:
+                await session.train(stop)
+            except Exception as e:
+                log.exception("run %s failed", rec.id)
+                await _quietly(runs.transition(self.assets.runs, rec.id, {RunState.running, RunState.stopping},
+                                               RunState.failed, reason=f"learner error: {e}"[:500]))
+        await self.nc.drain()
+
+    async def _claim(self) -> Optional[RunRecord]:
+        """Move the oldest pending run to running, revision-checked: one learner per run."""
+        try:
+            pending = [r for r in await runs.list_all(self.assets.runs) if r.state == RunState.pending
+                       and (self.fixed_run is None or r.id == self.fixed_run)]
+        except Exception as e:
+            log.debug("listing runs failed: %s", e)
+            return None
+        for rec in pending:
+            try:
+                return await runs.transition(self.assets.runs, rec.id, {RunState.pending}, RunState.running,
+                                             learner_id=self.learner_id, heartbeat=time.time())
+            except (runs.TransitionRefused, KeyError):
+                continue
+        return None
+
+
+class RunSession:
+    """One run on this learner: from claim to checkpoint and final state."""
+
+    def __init__(self, learner: Learner, rec: RunRecord):
+        self.learner, self.rec, self.run_id, self.cfg = learner, rec, rec.id, rec.config
+        self.nc, self.assets = learner.nc, learner.assets
+        self.counters = Counters()
+        self.spec = env_spec(self.cfg.env_id)
+        torch.set_num_threads(self.cfg.learner_threads)
+        torch.manual_seed(self.cfg.seed)
+        self.trainer = Trainer(self.cfg, self.spec, learner.device)
+        self.progress = Progress()
+        self.train_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="train")
+        self.version = 0
+        self.t0 = time.time()
+        self.trained_steps = 0
+        self.fresh_trained_steps = 0
+        self.data_wait = 0.0
+        self.train_time = 0.0
+        self.last_losses: dict[str, float] = {}
+        self.last_lag = 0.0
+        self.stop_reason: Optional[str] = None
+        self.final_state = RunState.finished
+        self.publishing: Optional[asyncio.Task] = None
+        self.last_publish = 0.0
+        self.series_prev = (self.t0, 0, 0)
+
+    # ------------------------------------------------------------------ main
+    async def train(self, stop: asyncio.Event) -> None:
+        cfg = self.cfg
+        log.info("run %s: %s on %s, %s", self.run_id, cfg.algorithm, cfg.env_id, self.learner.device)
+        await self._publish_weights()
+        prefetch = Prefetcher(cfg, self.spec, self.run_id, self.learner.device, lambda: self.version,
+                              self.counters, self._replay_fetch if cfg.replay_proportion > 0 else None)
+
+        async def on_traj(msg) -> None:
+            prefetch.offer(msg.data)
+
+        async def on_stats(msg) -> None:
+            self.progress.on_stats(msg.data, self.counters)
+
+        subs = [await self.nc.subscribe(wiring.traj(self.run_id), cb=on_traj, pending_msgs_limit=4096,
+                                        pending_bytes_limit=256 * 1024 * 1024),
+                await self.nc.subscribe(wiring.actor_stats(self.run_id), cb=on_stats)]
+        side = [asyncio.create_task(prefetch.run()), asyncio.create_task(self._heartbeat(stop)),
+                asyncio.create_task(self._metrics_loop())]
+        loop = asyncio.get_running_loop()
+        try:
+            while self.stop_reason is None:
+                t = time.perf_counter()
+                get = asyncio.create_task(prefetch.queue.get())
+                while not get.done() and self.stop_reason is None:
+                    await asyncio.wait({get}, timeout=0.25)
+                    self._check_stop()
+                if not get.done():
+                    get.cancel()
+                    break
+                batch = get.result()
+                self.data_wait += time.perf_counter() - t
+                t = time.perf_counter()
+                losses = await loop.run_in_executor(self.train_pool, self.trainer.train_on, batch)
+                self.train_time += time.perf_counter() - t
+                self._account(batch, losses)
+                if time.time() - self.last_publish >= cfg.publish_interval and (
+                        self.publishing is None or self.publishing.done()):
+                    self.last_publish = time.time()
+                    self.publishing = asyncio.create_task(self._publish_weights())
+                self._check_stop()
+        finally:
+            for task in side:
+                task.cancel()
+            for s in subs:
+                await _quietly(s.unsubscribe())
+            if self.publishing is not None:
+                await _quietly(self.publishing)
+        await self._finish()
+
+    def _account(self, batch: dict, losses: dict[str, float]) -> None:
+        T, B = batch["actions"].shape
+        self.trained_steps += T * B
+        self.fresh_trained_steps += int(batch["fresh_steps"])
+        self.version = self.trainer.updates
+        self.last_lag = float((self.version - batch["versions"].float()).mean())
+        self.last_losses = losses
+
+    def _check_stop(self) -> None:
+        if self.stop_reason is not None:
+            return
+        cfg, elapsed = self.cfg, time.time() - self.t0
+        if self.progress.check_solved(cfg.target_return, elapsed):
+            self.stop_reason = f"mean return {self.progress.mean_return:.1f} >= {cfg.target_return}"
+        elif cfg.max_agent_steps is not None and self.progress.agent_steps >= cfg.max_agent_steps:
+            self.stop_reason = f"agent steps {self.progress.agent_steps} >= {cfg.max_agent_steps}"
+        elif cfg.max_seconds is not None and elapsed >= cfg.max_seconds:
+            self.stop_reason = f"{elapsed:.0f} s >= max_seconds {cfg.max_seconds}"
+
+    # --------------------------------------------------------------- side tasks
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        """Keep the record's heartbeat fresh; notice stop requests and a shutdown."""
+        while self.stop_reason is None:
+            if stop.is_set():
+                self.stop_reason, self.final_state = "learner shut down", RunState.stopped
+                break
+            try:
+                rec = await runs.transition(self.assets.runs, self.run_id, {RunState.running}, None,
+                                            heartbeat=time.time())
+                self.rec = rec
+            except runs.TransitionRefused:
+                self.stop_reason, self.final_state = "stop requested", RunState.stopped
+                break
+            except Exception as e:
+                log.debug("heartbeat failed: %s", e)
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_S)
+            await self._publish_metrics()
+
+    def metrics_point(self) -> dict:
+        now = time.time()
+        t_prev, steps_prev, trained_prev = self.series_prev
+        steps = self.progress.agent_steps
+        dt = max(now - t_prev, 1e-6)
+        self.series_prev = (now, steps, self.trained_steps)
+        busy = self.data_wait + self.train_time
+        return {
+            "time": now, "elapsed": now - self.t0, "agent_steps": steps,
+            "steps_per_s": (steps - steps_prev) / dt,
+            "trained_steps": self.trained_steps, "fresh_trained_steps": self.fresh_trained_steps,
+            "trained_per_s": (self.trained_steps - trained_prev) / dt,
+            "updates": self.trainer.updates, "version": self.version,
+            "mean_return": self.progress.mean_return, "episodes": self.progress.episodes,
+            "mean_length": (sum(self.progress.lengths) / len(self.progress.lengths)) if self.progress.lengths else None,
+            "policy_lag": self.last_lag, "data_wait_frac": self.data_wait / busy if busy else None,
+            "losses": self.last_losses, "counters": dict(self.counters),
+            "actors": len(self.progress.actor_steps), "solved": self.progress.solved,
+        }
+
+    async def _publish_metrics(self, point: Optional[dict] = None) -> None:
+        point = point or self.metrics_point()
+        try:
+            await self.assets.js.publish(wiring.metrics(self.run_id, "learner"), json.dumps(point).encode())
+        except Exception as e:
+            self.counters.inc("metrics_failed")
+            log.debug("metrics publish failed: %s", e)
+
+    async def _publish_weights(self) -> None:
+        loop = asyncio.get_running_loop()
+        version = self.trainer.updates
+        data = await loop.run_in_executor(
+            self.train_pool, lambda: wire.encode({"kind": "weights", "run": self.run_id, "version": version},
+                                                 state_to_numpy(self.trainer.model)))
+        try:
+            await self.assets.weights.put(self.run_id, data)
+            await self.nc.publish(wiring.weights(self.run_id), json.dumps({"version": version}).encode())
+        except Exception as e:
+            self.counters.inc("weights_publish_failed")
+            log.warning("weights publish failed: %s", e)
+
+    async def _replay_fetch(self, n: int) -> list[bytes]:
+        try:
+            msg = await self.nc.request(wiring.replay_sample(self.run_id), json.dumps({"n": n}).encode(), timeout=1.0)
+            return wire.unpack_blobs(msg.data, max_count=n)
+        except Exception as e:  # no shard yet, timeout, or bad reply: train on fresh data only
+            self.counters.inc("replay_misses")
+            log.debug("replay fetch failed: %s", e)
+            return []
+
+    # ------------------------------------------------------------------ end
+    async def _finish(self) -> None:
+        log.info("run %s ends: %s", self.run_id, self.stop_reason)
+        path = await asyncio.get_running_loop().run_in_executor(self.train_pool, self.save_checkpoint)
+        point = self.metrics_point()
+        point["final"] = True
+        await self._publish_metrics(point)
+        try:
+            await runs.transition(self.assets.runs, self.run_id, {RunState.running, RunState.stopping},
+                                  self.final_state, reason=self.stop_reason, checkpoint=str(path))
+        except (runs.TransitionRefused, KeyError) as e:
+            log.warning("could not record the end of run %s: %s", self.run_id, e)
+
+    def save_checkpoint(self) -> Path:
+        """Atomic write (temp file + rename); loads with torch.load(weights_only=True)."""
+        d = self.learner.checkpoint_dir / self.run_id
+        d.mkdir(parents=True, exist_ok=True)
+        state = self.trainer.state() | {
+            "config": self.cfg.model_dump(mode="json"), "agent_steps": self.progress.agent_steps,
+            "episodes": self.progress.episodes, "version": self.version}
+        path = d / f"ckpt_{self.trainer.updates:09d}.pt"
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+
+async def _quietly(coro) -> None:
+    try:
+        await coro
+    except Exception:
+        pass

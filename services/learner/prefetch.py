@@ -1,0 +1,118 @@
+"""Parallel data loading: batches are assembled ahead of the optimiser.
+
+NATS callbacks drop raw fresh fragments into a bounded deque (oldest dropped
+and counted when full). The prefetch task pulls them, asks a replay shard for
+its share, decodes and validates in a thread pool, drops fragments staler
+than max_policy_lag, collates, and moves the batch to the device (pinned
+memory and non-blocking copies on a side stream on CUDA), keeping up to
+`prefetch_batches` ready in an asyncio queue. The optimiser's wait on that
+queue is the data-wait time the learner reports.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import math
+from typing import Awaitable, Callable, Optional
+
+import torch
+
+from shared import wire
+from shared.config import RunConfig
+from shared.envs import EnvSpec
+from shared.fragment import Fragment, collate, decode_fragment
+from shared.service import Counters
+
+log = logging.getLogger("learner.prefetch")
+
+ReplayFetch = Callable[[int], Awaitable[list[bytes]]]
+
+
+class Prefetcher:
+    def __init__(self, cfg: RunConfig, spec: EnvSpec, run_id: str, device: torch.device,
+                 version: Callable[[], int], counters: Counters, replay: Optional[ReplayFetch] = None,
+                 pool: Optional[concurrent.futures.Executor] = None, fresh_capacity: Optional[int] = None):
+        self.cfg, self.spec, self.run_id, self.device = cfg, spec, run_id, device
+        self.version, self.counters, self.replay = version, counters, replay
+        self.pool = pool or concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="decode")
+        per_batch = math.ceil(cfg.batch_columns / cfg.num_envs)
+        self.fresh: collections.deque[bytes] = collections.deque()
+        self.fresh_capacity = fresh_capacity or max(8, 4 * per_batch)
+        self.arrived = asyncio.Event()
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=cfg.prefetch_batches)
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def offer(self, data: bytes) -> None:
+        """Called for every fresh fragment; never blocks, never grows without bound."""
+        if len(self.fresh) >= self.fresh_capacity:
+            self.fresh.popleft()
+            self.counters.inc("dropped_fresh")
+        self.fresh.append(data)
+        self.arrived.set()
+
+    async def run(self) -> None:
+        """Forever: build a batch, put it on the queue (waits while the queue is full)."""
+        while True:
+            batch = await self.next_batch()
+            await self.queue.put(batch)
+
+    async def next_batch(self) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        need = cfg.batch_columns
+        want_replay = int(round(need * cfg.replay_proportion)) if self.replay else 0
+        frags: list[Fragment] = []
+        cols = 0
+        if want_replay:
+            n = math.ceil(want_replay / cfg.num_envs)
+            for f in await self._decode_all(await self.replay(n), fresh=False):
+                frags.append(f)
+                cols += f.actions.shape[1]
+        fresh_cols = 0
+        while cols < need:
+            if not self.fresh:
+                self.arrived.clear()
+                await self.arrived.wait()
+                continue
+            data = self.fresh.popleft()
+            f = (await self._decode_all([data], fresh=True) or [None])[0]
+            if f is not None:
+                frags.append(f)
+                cols += f.actions.shape[1]
+                fresh_cols += f.actions.shape[1]
+        batch = await asyncio.get_running_loop().run_in_executor(self.pool, self._collate_to_device, frags)
+        batch["fresh_steps"] = torch.tensor(fresh_cols * cfg.unroll_length)
+        return batch
+
+    async def _decode_all(self, blobs: list[bytes], fresh: bool) -> list[Fragment]:
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(*(loop.run_in_executor(self.pool, self._decode, b) for b in blobs))
+        out = []
+        now = self.version()
+        for f in results:
+            if f is None:
+                continue
+            if fresh and now - f.version > self.cfg.max_policy_lag:
+                self.counters.inc("stale_dropped")
+                continue
+            out.append(f)
+        return out
+
+    def _decode(self, data: bytes) -> Optional[Fragment]:
+        try:
+            return decode_fragment(data, self.run_id, self.spec, self.cfg.unroll_length)
+        except wire.WireError as e:
+            self.counters.inc("rejected")
+            log.debug("rejected fragment: %s", e)
+            return None
+
+    def _collate_to_device(self, frags: list[Fragment]) -> dict[str, torch.Tensor]:
+        """Runs in the decode pool, so waiting for the copy blocks only that thread."""
+        tensors = {k: torch.from_numpy(v) for k, v in collate(frags).items()}
+        if self.stream is None:
+            return tensors
+        with torch.cuda.stream(self.stream):
+            out = {k: t.pin_memory().to(self.device, non_blocking=True) for k, t in tensors.items()}
+        self.stream.synchronize()  # the copy overlapped the optimiser's work; this waits only for it
+        return out

@@ -1,0 +1,67 @@
+"""Run progress the learner aggregates from actor stats messages."""
+from __future__ import annotations
+
+import collections
+import json
+import math
+import time
+from typing import Optional
+
+from shared.service import Counters
+
+MAX_EPISODES_PER_MSG = 10_000
+
+
+class Progress:
+    """Agent steps (sum of each actor's cumulative count), the last 100 episode
+    returns, and when the target was first reached."""
+
+    def __init__(self, window: int = 100, steps_offset: int = 0, episodes_offset: int = 0):
+        self.actor_steps: dict[str, int] = {}
+        self.steps_offset = steps_offset
+        self.returns: collections.deque[float] = collections.deque(maxlen=window)
+        self.lengths: collections.deque[int] = collections.deque(maxlen=window)
+        self.episodes = episodes_offset
+        self.actor_counters: dict[str, dict] = {}
+        self.solved: Optional[dict] = None
+
+    @property
+    def agent_steps(self) -> int:
+        return self.steps_offset + sum(self.actor_steps.values())
+
+    @property
+    def mean_return(self) -> Optional[float]:
+        return sum(self.returns) / len(self.returns) if self.returns else None
+
+    @property
+    def window_full(self) -> bool:
+        return len(self.returns) == self.returns.maxlen
+
+    def on_stats(self, data: bytes, counters: Counters) -> None:
+        """Apply one actor stats message; malformed ones are counted and ignored."""
+        try:
+            msg = json.loads(data)
+            actor, steps, episodes = msg["actor"], msg["steps"], msg["episodes"]
+            if not (isinstance(actor, str) and 0 < len(actor) <= 128 and isinstance(steps, int) and steps >= 0
+                    and isinstance(episodes, list) and len(episodes) <= MAX_EPISODES_PER_MSG):
+                raise ValueError("bad field")
+            parsed = [(float(r), int(n)) for r, n in episodes]
+            if not all(math.isfinite(r) for r, _ in parsed):
+                raise ValueError("non-finite return")
+        except (ValueError, KeyError, TypeError) as e:
+            counters.inc("rejected_stats")
+            return
+        self.actor_steps[actor] = max(steps, self.actor_steps.get(actor, 0))
+        if isinstance(msg.get("counters"), dict):
+            self.actor_counters[actor] = msg["counters"]
+        for r, n in parsed:
+            self.returns.append(r)
+            self.lengths.append(n)
+            self.episodes += 1
+
+    def check_solved(self, target: Optional[float], elapsed: float) -> bool:
+        if target is None or not self.window_full or self.mean_return < target:
+            return self.solved is not None
+        if self.solved is None:
+            self.solved = {"agent_steps": self.agent_steps, "seconds": elapsed, "time": time.time()}
+        return True

@@ -1,0 +1,1 @@
+"""Everything two services must agree on: config, wire format, subjects, networks, losses."""

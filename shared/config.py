@@ -1,0 +1,112 @@
+"""The one typed run config, shared by gateway, learner, actors and replay.
+
+Every hyperparameter lives here with its default and a one-line doc, CleanRL
+style, so a run is fully described by one JSON object that the gateway
+validates once and every service reads the same way.
+"""
+from __future__ import annotations
+
+import enum
+import time
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Hard limits that protect memory; a request beyond them is a 422, not an OOM.
+MAX_ENVS_PER_ACTOR = 256
+MAX_UNROLL = 512
+MAX_BATCH_STEPS = 65_536
+
+
+class RunConfig(BaseModel):
+    """A training run: environment, algorithm, model, sizes and stop conditions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # --- environment -------------------------------------------------------
+    env_id: str = Field("CartPole-v1", description="Gymnasium or ALE env id, e.g. CartPole-v1, ALE/Pong-v5")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="base seed; actor i uses seed + 1000 * i")
+    num_actors: int = Field(2, ge=1, le=1024, description="actor processes the launcher starts (others may join)")
+    num_envs: int = Field(16, ge=1, le=MAX_ENVS_PER_ACTOR, description="environments stepped by each actor")
+    unroll_length: int = Field(32, ge=2, le=MAX_UNROLL, description="agent steps per trajectory fragment")
+    # --- algorithm ---------------------------------------------------------
+    algorithm: Literal["impala", "appo"] = Field("appo", description="V-trace policy gradient, or IMPACT's clipped surrogate")
+    model: Literal["auto", "mlp", "nature_cnn", "impala_resnet"] = Field(
+        "auto", description="auto: MLP for vector observations, Nature CNN for frames")
+    hidden_size: int = Field(64, ge=8, le=4096, description="MLP width / CNN head width")
+    latent_ae: bool = Field(False, description="latent auto-encoder: heads read a small latent, decoder loss on frames")
+    latent_dim: int = Field(256, ge=8, le=4096, description="latent size of the auto-encoder")
+    ae_coef: float = Field(0.1, ge=0.0, le=100.0, description="weight of the reconstruction loss")
+    batch_size: int = Field(512, ge=2, le=MAX_BATCH_STEPS, description="agent steps per learner batch (T x B)")
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate")
+    adam_eps: float = Field(1e-5, gt=0.0, le=1.0, description="Adam epsilon")
+    max_grad_norm: float = Field(1.0, gt=0.0, le=1e6, description="global gradient-norm clip")
+    gamma: float = Field(0.99, ge=0.0, le=1.0, description="discount")
+    entropy_coef: float = Field(0.0, ge=0.0, le=10.0, description="entropy bonus weight")
+    value_coef: float = Field(0.5, ge=0.0, le=100.0, description="value loss weight")
+    rho_bar: float = Field(1.0, gt=0.0, le=100.0, description="V-trace rho clip")
+    c_bar: float = Field(1.0, gt=0.0, le=100.0, description="V-trace c clip")
+    clip_eps: float = Field(0.2, gt=0.0, le=1.0, description="APPO ratio clip epsilon")
+    kl_coef: float = Field(0.0, ge=0.0, le=100.0, description="APPO KL(target || current) penalty")
+    target_update_interval: int = Field(4, ge=1, le=100_000, description="APPO: learner steps between target-network copies")
+    reuse: int = Field(2, ge=1, le=64, description="times each batch is trained on (IMPACT circular buffer of this many batches)")
+    replay_proportion: float = Field(0.0, ge=0.0, lt=1.0, description="share of each batch drawn from replay shards")
+    replay_capacity: int = Field(2_000, ge=1, le=10_000_000, description="fragments each replay shard keeps per run")
+    replay_capacity_mb: float = Field(512.0, gt=0.0, le=65_536.0, description="bytes (MiB) each replay shard keeps per run")
+    max_policy_lag: int = Field(50, ge=0, le=1_000_000, description="fragments older than this many versions are dropped")
+    actor_wait: float = Field(0.0, ge=0.0, le=60.0, description="seconds an actor waits for newer weights after each fragment (0: fully async)")
+    publish_interval: float = Field(0.2, ge=0.0, le=3600.0, description="min seconds between weight publications")
+    prefetch_batches: int = Field(2, ge=1, le=64, description="batches assembled ahead of the optimiser")
+    learner_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads in the learner on CPU")
+    # --- stop conditions (any one ends the run) ---------------------------
+    max_agent_steps: Optional[int] = Field(None, ge=1, description="stop after this many agent steps")
+    max_seconds: Optional[float] = Field(None, gt=0.0, description="stop after this many seconds of training")
+    target_return: Optional[float] = Field(None, description="stop when mean return of the last 100 episodes reaches this")
+
+    @field_validator("env_id")
+    @classmethod
+    def _known_env(cls, v: str) -> str:
+        from shared.envs import is_registered
+
+        if not is_registered(v):
+            raise ValueError(f"unknown env id {v!r}: not registered in gymnasium (or ale-py)")
+        return v
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> "RunConfig":
+        if self.batch_size < self.unroll_length:
+            raise ValueError("batch_size must be at least unroll_length (one env column)")
+        if self.model in ("nature_cnn", "impala_resnet") and not self.env_id.startswith("ALE/"):
+            raise ValueError(f"model {self.model!r} needs an image env (ALE/...)")
+        return self
+
+    @property
+    def batch_columns(self) -> int:
+        """Env columns (B) per batch: batch_size / unroll_length, rounded up."""
+        return -(-self.batch_size // self.unroll_length)
+
+
+class RunState(str, enum.Enum):
+    pending = "pending"
+    running = "running"
+    stopping = "stopping"
+    stopped = "stopped"
+    finished = "finished"
+    failed = "failed"
+
+
+ACTIVE_STATES = {RunState.pending, RunState.running, RunState.stopping}
+
+
+class RunRecord(BaseModel):
+    """What the KV bucket holds per run; updated only with revision checks."""
+
+    id: str
+    config: RunConfig
+    state: RunState = RunState.pending
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    learner_id: Optional[str] = None
+    heartbeat: Optional[float] = None
+    reason: Optional[str] = None
+    checkpoint: Optional[str] = None

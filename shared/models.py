@@ -1,0 +1,163 @@
+"""Policy networks: an encoder feeds a policy head and a value head.
+
+- MLP for vector observations.
+- Nature CNN (Mnih et al. 2015) and the IMPALA ResNet (Espeholt et al. 2018) for 84x84x4 frames.
+- Latent auto-encoder: a frame encoder squeezed to a small latent that the
+  heads read, plus a decoder whose reconstruction of the input frames is an
+  auxiliary loss; the policy stays cheap per sample while the latent is
+  forced to keep what the frames show.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shared.config import RunConfig
+from shared.envs import EnvSpec
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, in_dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+class NatureCNN(nn.Module):
+    def __init__(self, in_ch: int, hidden: int = 512):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_ch, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten())
+        self.fc = nn.Sequential(nn.Linear(64 * 7 * 7, hidden), nn.ReLU())
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x))
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(ch, ch, 3, padding=1), nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.c2(F.relu(self.c1(F.relu(x))))
+
+
+class ImpalaResNet(nn.Module):
+    def __init__(self, in_ch: int, hidden: int = 256, channels: tuple[int, ...] = (16, 32, 32)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for ch in channels:
+            layers += [nn.Conv2d(in_ch, ch, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1),
+                       _ResBlock(ch), _ResBlock(ch)]
+            in_ch = ch
+        self.conv = nn.Sequential(*layers, nn.ReLU(), nn.Flatten())
+        self.fc = nn.Sequential(nn.Linear(channels[-1] * 11 * 11, hidden), nn.ReLU())
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x))
+
+
+class LatentAE(nn.Module):
+    """Small conv encoder to a latent of latent_dim, and a mirrored decoder."""
+
+    def __init__(self, in_ch: int, latent_dim: int):
+        super().__init__()
+        self.enc = nn.Sequential(
+            nn.Conv2d(in_ch, 16, 8, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
+            nn.Flatten(), nn.Linear(32 * 9 * 9, latent_dim), nn.ReLU())
+        self.dec_fc = nn.Linear(latent_dim, 32 * 9 * 9)
+        self.dec = nn.Sequential(
+            nn.ReLU(), nn.ConvTranspose2d(32, 16, 4, stride=2), nn.ReLU(),
+            nn.ConvTranspose2d(16, in_ch, 8, stride=4))
+        self.out_dim = latent_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.enc(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.dec(self.dec_fc(z).view(-1, 32, 9, 9))
+
+
+class ActorCritic(nn.Module):
+    """encoder -> (policy logits, value); images are uint8 and scaled here."""
+
+    def __init__(self, encoder: nn.Module, num_actions: int, image: bool,
+                 value_encoder: Optional[nn.Module] = None):
+        super().__init__()
+        self.encoder = encoder
+        # Vector envs get a separate value tower (as CleanRL): unclipped returns make the value
+        # loss large enough to swamp the policy gradient in a shared trunk.
+        self.value_encoder = value_encoder
+        self.policy = nn.Linear(encoder.out_dim, num_actions)
+        self.value = nn.Linear(encoder.out_dim, 1)
+        self.image = image
+
+    def prepare(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.image:
+            return obs.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+        return obs.float()
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, value, _ = self.forward_aux(obs, with_recon=False)
+        return logits, value
+
+    def forward_aux(self, obs: torch.Tensor, with_recon: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Also returns the auto-encoder's reconstruction loss when it has one."""
+        x = self.prepare(obs)
+        z = self.encoder(x)
+        recon = None
+        if with_recon and isinstance(self.encoder, LatentAE):
+            recon = F.mse_loss(self.encoder.decode(z), x)
+        zv = self.value_encoder(x) if self.value_encoder is not None else z
+        return self.policy(z), self.value(zv).squeeze(-1), recon
+
+
+def build_model(cfg: RunConfig, spec: EnvSpec) -> ActorCritic:
+    """The one place a config and an env spec become a network."""
+    image = len(spec.obs_shape) == 3
+    in_dim = int(np.prod(spec.obs_shape))
+    kind = cfg.model if cfg.model != "auto" else ("nature_cnn" if image else "mlp")
+    if not image and kind != "mlp":
+        raise ValueError(f"model {kind!r} needs image observations")
+    if image and cfg.latent_ae:
+        enc: nn.Module = LatentAE(spec.obs_shape[0], cfg.latent_dim)
+    elif kind == "mlp":
+        enc = MLPEncoder(in_dim, cfg.hidden_size)
+    elif kind == "nature_cnn":
+        enc = NatureCNN(spec.obs_shape[0])
+    else:
+        enc = ImpalaResNet(spec.obs_shape[0])
+    value_enc = MLPEncoder(in_dim, cfg.hidden_size) if kind == "mlp" and not image else None
+    model = ActorCritic(enc, spec.num_actions, image, value_enc)
+    if image:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
+    """Weights as float32 numpy arrays, for the wire (never pickle)."""
+    return {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def load_numpy_state(model: nn.Module, arrays: dict) -> None:
+    """Load weights from the wire, checking every name and shape."""
+    own = model.state_dict()
+    if set(arrays) != set(own):
+        raise ValueError("weights do not match the model's parameter names")
+    for k, v in own.items():
+        if tuple(arrays[k].shape) != tuple(v.shape):
+            raise ValueError(f"weight {k!r} has shape {arrays[k].shape}, expected {tuple(v.shape)}")
+    model.load_state_dict({k: torch.from_numpy(arrays[k].copy()).to(own[k].dtype) for k in own})
+

@@ -1,0 +1,38 @@
+"""What every service process shares: logging, signals, argument basics."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from typing import Awaitable, Callable
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--nats", default=None, help="NATS URL (default: $RL_NATS_URL or nats://127.0.0.1:4222)")
+    p.add_argument("--log-level", default=os.environ.get("RL_LOG_LEVEL", "INFO"))
+    return p
+
+
+def run_service(main: Callable[[asyncio.Event], Awaitable[None]], log_level: str = "INFO") -> None:
+    """Run main(stop_event) until it returns; SIGTERM/SIGINT set the event so
+    the service can finish its current step and leave cleanly."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+class Counters(dict):
+    """Named event counts (dropped, rejected, ...) that a service reports."""
+
+    def inc(self, key: str, n: int = 1) -> None:
+        self[key] = self.get(key, 0) + n

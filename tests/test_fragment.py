@@ -1,0 +1,69 @@
+"""Fragments: validation against the run's spec, and Atari stack rebuild from frames."""
+import numpy as np
+import pytest
+import torch
+
+from shared import wire
+from shared.envs import EnvSpec, VectorEnv
+from shared.fragment import Fragment, check_header, collate, decode_fragment, encode_fragment, rebuild_stacks
+
+SPEC = EnvSpec((4,), "float32", 2)
+
+
+def make_fragment(T=8, N=3, run="r1", version=5, spec=SPEC):
+    rng = np.random.default_rng(0)
+    return Fragment(run, "a1", version, rng.normal(size=(T + 1, N) + spec.obs_shape).astype(np.float32),
+                    rng.integers(0, spec.num_actions, (T, N)).astype(np.int32),
+                    rng.normal(size=(T, N, spec.num_actions)).astype(np.float32),
+                    np.ones((T, N), np.float32), np.zeros((T, N), np.uint8))
+
+
+def test_fragment_round_trip_and_collate():
+    f = make_fragment()
+    g = decode_fragment(encode_fragment(f), "r1", SPEC, 8)
+    assert g.version == 5 and np.array_equal(g.obs, f.obs) and np.array_equal(g.actions, f.actions)
+    batch = collate([g, g])
+    assert batch["obs"].shape == (9, 6, 4) and batch["actions"].shape == (8, 6)
+    assert list(batch["versions"]) == [5] * 6
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda f: setattr(f, "run_id", "other"),  # claims another run
+    lambda f: setattr(f, "obs", f.obs[:, :, :3].copy()),  # wrong obs shape
+    lambda f: setattr(f, "actions", f.actions.astype(np.int64)),  # wrong dtype
+    lambda f: setattr(f, "actions", f.actions + 7),  # action out of range
+    lambda f: setattr(f, "logits", f.logits * np.nan),  # non-finite
+    lambda f: setattr(f, "rewards", f.rewards[:4].copy()),  # inconsistent T
+    lambda f: setattr(f, "version", -1),
+])
+def test_bad_fragments_are_rejected(mutate):
+    f = make_fragment()
+    mutate(f)
+    with pytest.raises(wire.WireError):
+        decode_fragment(encode_fragment(f), "r1", SPEC, 8)
+
+
+def test_wrong_unroll_length_is_rejected():
+    with pytest.raises(wire.WireError):
+        check_header(encode_fragment(make_fragment(T=8)), "r1", SPEC, 16)
+
+
+def test_stack_rebuild_equals_the_envs_own_stacks():
+    """Breakout with random actions ends episodes often; rebuild every window, including ones
+    that start mid-episode and ones that cross episode boundaries."""
+    env = VectorEnv("ALE/Breakout-v5", 4, seed=0, num_threads=1)
+    obs = [env.reset()]
+    dones = []
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        o, _, term, trunc, _ = env.step(rng.integers(0, env.spec.num_actions, 4))
+        obs.append(o)
+        dones.append(term | trunc)
+    env.close()
+    obs, dones = np.stack(obs), np.stack(dones).astype(np.uint8)
+    assert dones.sum() >= 2, "the test needs episode ends inside the window"
+    for start in (0, 50, 123, 250):
+        stacks = obs[start:]
+        rebuilt = rebuild_stacks(torch.from_numpy(stacks[:, :, -1].copy()), torch.from_numpy(stacks[0, :, :-1].copy()),
+                                 torch.from_numpy(dones[start:]))
+        assert np.array_equal(rebuilt.numpy(), stacks)
