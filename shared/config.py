@@ -37,6 +37,7 @@ class RunConfig(BaseModel):
     latent_ae: bool = Field(False, description="latent auto-encoder: heads read a small latent, decoder loss on frames")
     latent_dim: int = Field(256, ge=8, le=4096, description="latent size of the auto-encoder")
     ae_coef: float = Field(0.1, ge=0.0, le=100.0, description="weight of the reconstruction loss")
+    ae_fraction: float = Field(0.125, gt=0.0, le=1.0, description="share of each batch the decoder reconstructs (it costs more than the encoder)")
     batch_size: int = Field(512, ge=2, le=MAX_BATCH_STEPS, description="agent steps per learner batch (T x B)")
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate")
     adam_eps: float = Field(1e-5, gt=0.0, le=1.0, description="Adam epsilon")
@@ -56,6 +57,7 @@ class RunConfig(BaseModel):
     max_policy_lag: int = Field(50, ge=0, le=1_000_000, description="fragments older than this many versions are dropped")
     actor_wait: float = Field(0.0, ge=0.0, le=60.0, description="seconds an actor waits for newer weights after each fragment (0: fully async)")
     publish_interval: float = Field(0.2, ge=0.0, le=3600.0, description="min seconds between weight publications")
+    prefetch: bool = Field(True, description="parallel data loading: assemble batches ahead of the optimiser")
     prefetch_batches: int = Field(2, ge=1, le=64, description="batches assembled ahead of the optimiser")
     learner_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads in the learner on CPU")
     # --- stop conditions (any one ends the run) ---------------------------

@@ -112,14 +112,16 @@ class ActorCritic(nn.Module):
         logits, value, _ = self.forward_aux(obs, with_recon=False)
         return logits, value
 
-    def forward_aux(self, obs: torch.Tensor, with_recon: bool = True
+    def forward_aux(self, obs: torch.Tensor, with_recon: bool = True, recon_fraction: float = 1.0
                     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """Also returns the auto-encoder's reconstruction loss when it has one."""
+        """Also returns the auto-encoder's reconstruction loss when it has one,
+        measured on an evenly spaced `recon_fraction` of the batch."""
         x = self.prepare(obs)
         z = self.encoder(x)
         recon = None
         if with_recon and isinstance(self.encoder, LatentAE):
-            recon = F.mse_loss(self.encoder.decode(z), x)
+            step = max(1, round(1.0 / recon_fraction))
+            recon = F.mse_loss(self.encoder.decode(z[::step]), x[::step])
         zv = self.value_encoder(x) if self.value_encoder is not None else z
         return self.policy(z), self.value(zv).squeeze(-1), recon
 

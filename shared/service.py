@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from typing import Awaitable, Callable
 
 
@@ -36,3 +37,10 @@ class Counters(dict):
 
     def inc(self, key: str, n: int = 1) -> None:
         self[key] = self.get(key, 0) + n
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (for nats-server, the gateway, torch.distributed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -19,14 +19,15 @@ from typing import Optional
 
 import torch
 
-from services.learner.prefetch import Prefetcher
+from services.learner import distributed
+from services.learner.prefetch import Prefetcher, replay_fetcher
 from services.learner.progress import Progress
 from services.learner.trainer import Trainer
 from shared import bus, runs, wire, wiring
 from shared.config import RunRecord, RunState
 from shared.envs import env_spec
 from shared.models import state_to_numpy
-from shared.service import Counters
+from shared.service import Counters, free_port
 
 log = logging.getLogger("learner")
 
@@ -35,19 +36,19 @@ METRICS_S = 1.0
 
 
 class Learner:
-    def __init__(self, nats_url: Optional[str], checkpoint_dir: str | Path, device: str = "auto",
-                 run_id: Optional[str] = None):
-        self.nats_url, self.fixed_run = nats_url, run_id
+    def __init__(self, nats_url: Optional[str], checkpoint_dir: str | Path, devices: str = "auto",
+                 run_id: Optional[str] = None, log_dir: Optional[str] = None):
+        self.nats_url, self.fixed_run, self.log_dir = nats_url, run_id, log_dir
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
+        self.devices = distributed.visible_devices(devices)
+        self.device = torch.device(self.devices[0])
         self.learner_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.counters = Counters()
 
     async def main(self, stop: asyncio.Event) -> None:
         self.nc = await bus.connect(self.nats_url, "learner", self.counters)
         self.assets = await bus.ensure_assets(self.nc)
-        log.info("learner %s ready on %s", self.learner_id, self.device)
+        log.info("learner %s ready on %s", self.learner_id, ", ".join(self.devices))
         while not stop.is_set():
             rec = await self._claim()
             if rec is None:
@@ -111,28 +112,31 @@ class RunSession:
 
     # ------------------------------------------------------------------ main
     async def train(self, stop: asyncio.Event) -> None:
-        cfg = self.cfg
-        log.info("run %s: %s on %s, %s", self.run_id, cfg.algorithm, cfg.env_id, self.learner.device)
+        cfg, devices = self.cfg, self.learner.devices
+        log.info("run %s: %s on %s, devices %s", self.run_id, cfg.algorithm, cfg.env_id, devices)
+        loop = asyncio.get_running_loop()
+        followers = []
+        if len(devices) > 1:
+            port = free_port()
+            followers = distributed.spawn_followers(self.run_id, devices, port, self.learner.log_dir)
+            await loop.run_in_executor(self.train_pool, self._join_group, port, len(devices))
         await self._publish_weights()
         prefetch = Prefetcher(cfg, self.spec, self.run_id, self.learner.device, lambda: self.version,
-                              self.counters, self._replay_fetch if cfg.replay_proportion > 0 else None)
-
-        async def on_traj(msg) -> None:
-            prefetch.offer(msg.data)
+                              self.counters, replay_fetcher(self.nc, self.run_id, self.counters)
+                              if cfg.replay_proportion > 0 else None,
+                              columns=-(-cfg.batch_columns // len(devices)))
 
         async def on_stats(msg) -> None:
             self.progress.on_stats(msg.data, self.counters)
 
-        subs = [await self.nc.subscribe(wiring.traj(self.run_id), cb=on_traj, pending_msgs_limit=4096,
-                                        pending_bytes_limit=256 * 1024 * 1024),
-                await self.nc.subscribe(wiring.actor_stats(self.run_id), cb=on_stats)]
-        side = [asyncio.create_task(prefetch.run()), asyncio.create_task(self._heartbeat(stop)),
-                asyncio.create_task(self._metrics_loop())]
-        loop = asyncio.get_running_loop()
+        subs = [await prefetch.subscribe(self.nc), await self.nc.subscribe(wiring.actor_stats(self.run_id), cb=on_stats)]
+        side = [asyncio.create_task(self._heartbeat(stop)), asyncio.create_task(self._metrics_loop())]
+        if cfg.prefetch:
+            side.append(asyncio.create_task(prefetch.run()))
         try:
             while self.stop_reason is None:
                 t = time.perf_counter()
-                get = asyncio.create_task(prefetch.queue.get())
+                get = asyncio.create_task(prefetch.queue.get() if cfg.prefetch else prefetch.next_batch())
                 while not get.done() and self.stop_reason is None:
                     await asyncio.wait({get}, timeout=0.25)
                     self._check_stop()
@@ -142,9 +146,9 @@ class RunSession:
                 batch = get.result()
                 self.data_wait += time.perf_counter() - t
                 t = time.perf_counter()
-                losses = await loop.run_in_executor(self.train_pool, self.trainer.train_on, batch)
+                stats = await loop.run_in_executor(self.train_pool, self.trainer.step, batch)
                 self.train_time += time.perf_counter() - t
-                self._account(batch, losses)
+                self._account(stats)
                 if time.time() - self.last_publish >= cfg.publish_interval and (
                         self.publishing is None or self.publishing.done()):
                     self.last_publish = time.time()
@@ -157,15 +161,22 @@ class RunSession:
                 await _quietly(s.unsubscribe())
             if self.publishing is not None:
                 await _quietly(self.publishing)
+            for p in followers:
+                p.terminate()
+            distributed.shutdown()
         await self._finish()
 
-    def _account(self, batch: dict, losses: dict[str, float]) -> None:
-        T, B = batch["actions"].shape
-        self.trained_steps += T * B
-        self.fresh_trained_steps += int(batch["fresh_steps"])
+    def _join_group(self, port: int, world: int) -> None:
+        """Rank 0 of the data-parallel group; everyone starts from these weights."""
+        distributed.init(0, world, port, self.learner.devices[0])
+        distributed.broadcast_model(self.trainer.model)
+
+    def _account(self, stats: dict[str, float]) -> None:
+        self.trained_steps += int(stats.pop("trained_steps"))
+        self.fresh_trained_steps += int(stats.pop("fresh_steps"))
+        self.last_lag = stats.pop("policy_lag")
         self.version = self.trainer.updates
-        self.last_lag = float((self.version - batch["versions"].float()).mean())
-        self.last_losses = losses
+        self.last_losses = stats
 
     def _check_stop(self) -> None:
         if self.stop_reason is not None:
@@ -241,15 +252,6 @@ class RunSession:
         except Exception as e:
             self.counters.inc("weights_publish_failed")
             log.warning("weights publish failed: %s", e)
-
-    async def _replay_fetch(self, n: int) -> list[bytes]:
-        try:
-            msg = await self.nc.request(wiring.replay_sample(self.run_id), json.dumps({"n": n}).encode(), timeout=1.0)
-            return wire.unpack_blobs(msg.data, max_count=n)
-        except Exception as e:  # no shard yet, timeout, or bad reply: train on fresh data only
-            self.counters.inc("replay_misses")
-            log.debug("replay fetch failed: %s", e)
-            return []
 
     # ------------------------------------------------------------------ end
     async def _finish(self) -> None:

@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import json
 import logging
 import math
 from typing import Awaitable, Callable, Optional
 
 import torch
 
-from shared import wire
+import json
+
+from shared import wire, wiring
 from shared.config import RunConfig
 from shared.envs import EnvSpec
 from shared.fragment import Fragment, collate, decode_fragment
@@ -33,11 +36,13 @@ ReplayFetch = Callable[[int], Awaitable[list[bytes]]]
 class Prefetcher:
     def __init__(self, cfg: RunConfig, spec: EnvSpec, run_id: str, device: torch.device,
                  version: Callable[[], int], counters: Counters, replay: Optional[ReplayFetch] = None,
-                 pool: Optional[concurrent.futures.Executor] = None, fresh_capacity: Optional[int] = None):
+                 pool: Optional[concurrent.futures.Executor] = None, fresh_capacity: Optional[int] = None,
+                 columns: Optional[int] = None):
         self.cfg, self.spec, self.run_id, self.device = cfg, spec, run_id, device
         self.version, self.counters, self.replay = version, counters, replay
         self.pool = pool or concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="decode")
-        per_batch = math.ceil(cfg.batch_columns / cfg.num_envs)
+        self.columns = columns or cfg.batch_columns  # this rank's share of the batch
+        per_batch = math.ceil(self.columns / cfg.num_envs)
         self.fresh: collections.deque[bytes] = collections.deque()
         self.fresh_capacity = fresh_capacity or max(8, 4 * per_batch)
         self.arrived = asyncio.Event()
@@ -52,6 +57,14 @@ class Prefetcher:
         self.fresh.append(data)
         self.arrived.set()
 
+    async def subscribe(self, nc) -> object:
+        """Receive this run's fresh fragments (split with the other ranks, if any)."""
+        async def on_traj(msg) -> None:
+            self.offer(msg.data)
+
+        return await nc.subscribe(wiring.traj(self.run_id), queue=wiring.learner_queue(self.run_id), cb=on_traj,
+                                  pending_msgs_limit=4096, pending_bytes_limit=256 * 1024 * 1024)
+
     async def run(self) -> None:
         """Forever: build a batch, put it on the queue (waits while the queue is full)."""
         while True:
@@ -60,7 +73,7 @@ class Prefetcher:
 
     async def next_batch(self) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        need = cfg.batch_columns
+        need = self.columns
         want_replay = int(round(need * cfg.replay_proportion)) if self.replay else 0
         frags: list[Fragment] = []
         cols = 0
@@ -116,3 +129,16 @@ class Prefetcher:
             out = {k: t.pin_memory().to(self.device, non_blocking=True) for k, t in tensors.items()}
         self.stream.synchronize()  # the copy overlapped the optimiser's work; this waits only for it
         return out
+
+
+def replay_fetcher(nc, run_id: str, counters: Counters) -> ReplayFetch:
+    """Ask one replay shard (queue group) for n fragments; a miss trains on fresh data only."""
+    async def fetch(n: int) -> list[bytes]:
+        try:
+            msg = await nc.request(wiring.replay_sample(run_id), json.dumps({"n": n}).encode(), timeout=1.0)
+            return wire.unpack_blobs(msg.data, max_count=n)
+        except Exception as e:  # no shard yet, timeout, or a bad reply
+            counters.inc("replay_misses")
+            log.debug("replay fetch failed: %s", e)
+            return []
+    return fetch

@@ -12,8 +12,8 @@ import copy
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 
+from services.learner import distributed
 from shared import losses
 from shared.config import RunConfig
 from shared.envs import EnvSpec
@@ -51,13 +51,23 @@ class Trainer:
             stats = self.update(b)
         return stats
 
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """train_on, plus what was trained summed over every rank (for metrics)."""
+        T, B = batch["actions"].shape
+        lag_sum = float((self.updates - batch["versions"]).sum()) if "versions" in batch else 0.0
+        out = self.train_on(batch)
+        fresh, trained, lag, cols = distributed.sum_across(
+            [float(batch.get("fresh_steps", 0)), float(T * B), lag_sum, float(B)], self.device)
+        return out | {"fresh_steps": fresh, "trained_steps": trained, "policy_lag": lag / max(cols, 1.0)}
+
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         obs = self.observations(batch)
         T, B = batch["actions"].shape
         flat = obs.reshape((T + 1) * B, *obs.shape[2:])
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logits, values, recon = self.model.forward_aux(flat, with_recon=cfg.latent_ae)
+            logits, values, recon = self.model.forward_aux(flat, with_recon=cfg.latent_ae,
+                                                           recon_fraction=cfg.ae_fraction)
         logits = logits.float().view(T + 1, B, -1)
         values = values.float().view(T + 1, B)
         rewards = batch["rewards"].float()
@@ -83,8 +93,8 @@ class Trainer:
         out = self.loss(batch)
         self.opt.zero_grad(set_to_none=True)
         out["total"].backward()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            average_gradients(self.model)
+        if distributed.active():
+            distributed.average_gradients(self.model)
         out["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         self.opt.step()
         self.updates += 1
@@ -105,15 +115,3 @@ class Trainer:
             self.target.load_state_dict(state["target"])
         self.updates = int(state["updates"])
 
-
-def average_gradients(model: torch.nn.Module) -> None:
-    """All-reduce the gradients (one flat bucket) and divide by the world size."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset:offset + n].view_as(g))
-        offset += n

@@ -1,0 +1,55 @@
+"""The latent auto-encoder learns to reconstruct real Pong frames."""
+import numpy as np
+import torch
+
+from shared.config import RunConfig
+from shared.envs import EnvSpec, VectorEnv
+from shared.models import LatentAE, build_model
+
+
+def pong_frames(n_steps: int = 120) -> torch.Tensor:
+    env = VectorEnv("ALE/Pong-v5", 4, seed=0, num_threads=1)
+    rng = np.random.default_rng(0)
+    frames = [env.reset()]
+    for _ in range(n_steps):
+        frames.append(env.step(rng.integers(0, env.spec.num_actions, 4))[0])
+    env.close()
+    return torch.from_numpy(np.concatenate(frames))  # [(n+1)*4, 4, 84, 84] uint8
+
+
+def test_reconstruction_loss_falls_on_pong_frames():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    frames = pong_frames()
+    model = build_model(RunConfig(env_id="ALE/Pong-v5", latent_ae=True, latent_dim=64), _spec())
+    assert isinstance(model.encoder, LatentAE)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    probe = frames[::7][:64]
+
+    def loss_on(x):
+        return model.forward_aux(x, with_recon=True)[2]
+
+    with torch.no_grad():
+        before = float(loss_on(probe))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        idx = torch.randint(0, len(frames), (64,), generator=g)
+        loss = loss_on(frames[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(loss_on(probe))
+    assert after < 0.5 * before, (before, after)
+
+
+def test_heads_read_the_latent_and_recon_fraction_subsamples():
+    model = build_model(RunConfig(env_id="ALE/Pong-v5", latent_ae=True, latent_dim=32), _spec())
+    assert model.policy.in_features == 32 and model.value.in_features == 32
+    x = torch.randint(0, 255, (16, 4, 84, 84), dtype=torch.uint8)
+    logits, value, recon = model.forward_aux(x, recon_fraction=0.25)
+    assert logits.shape == (16, 6) and value.shape == (16,) and recon.ndim == 0
+
+
+def _spec() -> EnvSpec:
+    return EnvSpec((4, 84, 84), "uint8", 6, frame_stack=4, clip_rewards=True)
