@@ -11,7 +11,7 @@ import json
 import statistics
 import tempfile
 
-from common import RESULTS, write_result  # noqa: F401  (sets sys.path)
+from common import write_result  # sets sys.path too
 
 from services.launcher.stack import ROOT, Stack
 from shared.client import GatewayClient

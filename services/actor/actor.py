@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from shared import bus, runs, wire, wiring
+from shared import bus, runs, weights, wiring
 from shared.config import RunConfig, RunRecord, RunState
 from shared.envs import VectorEnv
 from shared.fragment import Fragment, encode_fragment
@@ -127,18 +127,9 @@ class Actor:
         seed = cfg.seed + 1000 * self.index + 100_000 * self.joins
         loop = asyncio.get_running_loop()
         rollout = await loop.run_in_executor(self.pool, Rollout, cfg, run_id, actor_id, seed, self.env_threads)
-        notice = asyncio.Event()
-        announced = [-1]
-
-        async def on_notice(msg) -> None:
-            try:
-                announced[0] = max(announced[0], int(json.loads(msg.data)["version"]))
-            except (ValueError, KeyError, TypeError):
-                self.counters.inc("rejected_notices")
-                return
-            notice.set()
-
-        sub = await self.nc.subscribe(wiring.weights(run_id), cb=on_notice)
+        latest = WeightsFeed(self, run_id)
+        sub = await self.nc.subscribe(wiring.weights(run_id), cb=latest.on_notice)
+        fetcher = asyncio.create_task(latest.run())
         active = asyncio.Event()
         active.set()
         watcher = asyncio.create_task(self._watch_state(run_id, active, stop))
@@ -146,11 +137,16 @@ class Actor:
         steps, last_stats, t_start = 0, 0.0, time.time()
         try:
             while active.is_set() and not stop.is_set():
-                if rollout.version < 0 or notice.is_set():
-                    notice.clear()
-                    if not await self._load_weights(rollout, run_id):
-                        await asyncio.sleep(0.1)
-                        continue
+                if rollout.version < 0 or cfg.actor_wait > 0:
+                    # No weights yet, or flow control: wait for newer ones, but never forever
+                    # (the learner may need more fragments than one round of actors gives).
+                    await latest.wait_newer(rollout.version, cfg.actor_wait if rollout.version >= 0 else 1.0)
+                if latest.ready is not None and latest.ready[0] > rollout.version:
+                    version, arrays = latest.ready
+                    load_numpy_state(rollout.model, arrays)  # between rollouts: the worker is idle
+                    rollout.version = version
+                if rollout.version < 0:
+                    continue
                 payload, n = await loop.run_in_executor(self.pool, rollout)
                 try:
                     await self.nc.publish(wiring.traj(run_id), payload)
@@ -158,15 +154,6 @@ class Actor:
                     self.counters.inc("publish_failed")
                     log.debug("publish failed: %s", e)
                 steps += n
-                if cfg.actor_wait > 0:
-                    # Flow control: let the learner catch up, but never wait forever (it may need
-                    # more fragments than one round of actors gives before it can publish).
-                    deadline = time.time() + cfg.actor_wait
-                    while announced[0] <= rollout.version and time.time() < deadline and active.is_set():
-                        notice.clear()
-                        await _wait_event(notice, deadline - time.time())
-                    if announced[0] > rollout.version:
-                        notice.set()
                 now = time.time()
                 if now - last_stats > 0.5:
                     await self._publish_stats(run_id, actor_id, steps, rollout, now - t_start)
@@ -174,24 +161,10 @@ class Actor:
             await self._publish_stats(run_id, actor_id, steps, rollout, time.time() - t_start)
         finally:
             watcher.cancel()
+            fetcher.cancel()
             await _quietly(sub.unsubscribe())
             await loop.run_in_executor(self.pool, rollout.close)
             log.info("actor %d leaves run %s after %d steps", self.index, run_id, steps)
-
-    async def _load_weights(self, rollout: Rollout, run_id: str) -> bool:
-        try:
-            res = await self.assets.weights.get(run_id)
-            meta, arrays = wire.decode(res.data)
-            version = int(meta["version"])
-            if version > rollout.version:
-                load_numpy_state(rollout.model, arrays)
-                rollout.version = version
-            return True
-        except Exception as e:  # not published yet, or unreadable: keep the old weights
-            log.debug("weights for %s not loaded: %s", run_id, e)
-            if rollout.version >= 0 and not isinstance(e, asyncio.TimeoutError):
-                self.counters.inc("bad_weights")
-            return rollout.version >= 0
 
     async def _publish_stats(self, run_id: str, actor_id: str, steps: int, rollout: Rollout, elapsed: float) -> None:
         episodes, rollout.finished = rollout.finished, []
@@ -212,6 +185,46 @@ class Actor:
             except Exception:
                 pass  # NATS gap: keep acting; the data path counts its own losses
             await asyncio.sleep(1.0)
+
+
+class WeightsFeed:
+    """Fetches new weights in the background whenever a notice arrives, so a
+    fetch never holds up a rollout; `ready` is the newest (version, arrays)."""
+
+    def __init__(self, actor: "Actor", run_id: str):
+        self.actor, self.run_id = actor, run_id
+        self.ready: Optional[tuple[int, dict]] = None
+        self.notice = asyncio.Event()
+        self.fetched = asyncio.Event()
+
+    async def on_notice(self, msg) -> None:
+        try:
+            weights.parse_notice(msg.data)
+        except ValueError:
+            self.actor.counters.inc("rejected_notices")
+            return
+        self.notice.set()
+
+    async def run(self) -> None:
+        while True:
+            self.notice.clear()
+            try:
+                got = await weights.fetch(self.actor.assets, self.run_id)
+            except Exception as e:  # corrupt or forged object, or a NATS gap: keep the old weights
+                self.actor.counters.inc("bad_weights")
+                log.debug("weights for %s not loaded: %s", self.run_id, e)
+                got = None
+            if got is not None and (self.ready is None or got[0] > self.ready[0]):
+                self.ready = got
+                self.fetched.set()
+            # Nothing published yet (or a failed fetch): poll as well as wait for a notice.
+            await _wait_event(self.notice, 0.5 if got is None else 3600.0)
+
+    async def wait_newer(self, version: int, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while (self.ready is None or self.ready[0] <= version) and time.time() < deadline:
+            self.fetched.clear()
+            await _wait_event(self.fetched, deadline - time.time())
 
 
 async def _wait_event(ev: asyncio.Event, timeout: float) -> None:

@@ -23,7 +23,7 @@ from services.learner import distributed
 from services.learner.prefetch import Prefetcher, replay_fetcher
 from services.learner.progress import Progress
 from services.learner.trainer import Trainer
-from shared import bus, runs, wire, wiring
+from shared import bus, runs, weights, wiring
 from shared.config import RunRecord, RunState
 from shared.envs import env_spec
 from shared.models import state_to_numpy
@@ -241,14 +241,10 @@ class RunSession:
             log.debug("metrics publish failed: %s", e)
 
     async def _publish_weights(self) -> None:
-        loop = asyncio.get_running_loop()
         version = self.trainer.updates
-        data = await loop.run_in_executor(
-            self.train_pool, lambda: wire.encode({"kind": "weights", "run": self.run_id, "version": version},
-                                                 state_to_numpy(self.trainer.model)))
+        arrays = await asyncio.get_running_loop().run_in_executor(self.train_pool, state_to_numpy, self.trainer.model)
         try:
-            await self.assets.weights.put(self.run_id, data)
-            await self.nc.publish(wiring.weights(self.run_id), json.dumps({"version": version}).encode())
+            await weights.publish(self.assets, self.nc, self.run_id, version, arrays)
         except Exception as e:
             self.counters.inc("weights_publish_failed")
             log.warning("weights publish failed: %s", e)

@@ -20,7 +20,6 @@ from typing import Awaitable, Callable, Optional
 
 import torch
 
-import json
 
 from shared import wire, wiring
 from shared.config import RunConfig
@@ -51,6 +50,8 @@ class Prefetcher:
 
     def offer(self, data: bytes) -> None:
         """Called for every fresh fragment; never blocks, never grows without bound."""
+        self.counters.inc("fresh_fragments")
+        self.counters.inc("fresh_bytes", len(data))
         if len(self.fresh) >= self.fresh_capacity:
             self.fresh.popleft()
             self.counters.inc("dropped_fresh")
