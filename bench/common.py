@@ -1,4 +1,4 @@
-"""Helpers every benchmark shares: the machine description and the results file."""
+"""Helpers every benchmark shares: the machine, the results file, running a config on the stack."""
 from __future__ import annotations
 
 import json
@@ -42,3 +42,51 @@ def write_result(name: str, result: dict) -> Path:
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return path
+
+
+def load_config(path: Path | str, overrides: list[str]) -> dict:
+    """A preset JSON plus KEY=VALUE overrides (values parsed as JSON where they parse)."""
+    cfg = json.loads(Path(path).read_text())
+    for kv in overrides:
+        key, _, value = kv.partition("=")
+        try:
+            cfg[key] = json.loads(value)
+        except json.JSONDecodeError:
+            cfg[key] = value
+    cfg.setdefault("num_actors", max(1, (os.cpu_count() or 2) - 1))
+    return cfg
+
+
+def run_on_stack(config: dict, timeout: float, learner_args: tuple[str, ...] = ()) -> tuple[dict, list[dict]]:
+    """Start the whole stack in a temp dir, run one config through the REST API,
+    return (final run view, metrics series)."""
+    import asyncio
+    import tempfile
+
+    from services.launcher.stack import Stack
+    from shared.client import GatewayClient
+
+    async def go(stack: Stack) -> tuple[dict, list[dict]]:
+        async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
+            await gw.wait_ready()
+            run = await gw.start_run(config)
+            final = await gw.wait_final(run["id"], timeout, interval=2.0)
+            return final, await gw.metrics(run["id"])
+
+    with tempfile.TemporaryDirectory() as d, Stack(d) as stack:
+        stack.start_all(actors=config["num_actors"], learner_args=learner_args)
+        return asyncio.run(go(stack))
+
+
+def first_reach(points: list[dict], threshold: float) -> dict | None:
+    """Agent steps and seconds when the mean return of the last 100 episodes first reached threshold."""
+    for p in points:
+        if p.get("mean_return") is not None and p.get("episodes", 0) >= 100 and p["mean_return"] >= threshold:
+            return {"agent_steps": p["agent_steps"], "seconds": p["elapsed"]}
+    return None
+
+
+def curve(points: list[dict]) -> list[list[float]]:
+    """[agent_steps, seconds, mean_return] rows of a metrics series, for plots and JSON."""
+    return [[p["agent_steps"], round(p["elapsed"], 2), p["mean_return"]] for p in points
+            if p.get("mean_return") is not None]

@@ -1,0 +1,60 @@
+"""A full Pong run to a mean return of 18 (last 100 episodes) on the whole stack:
+agent steps and wall seconds to 18, a learning-curve PNG (return against agent
+steps and against seconds) and JSON in bench/results/.
+
+    python bench/pong.py [--max-minutes 45] [--set key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+
+from common import RESULTS, curve, first_reach, load_config, run_on_stack, write_result
+
+from services.launcher.stack import ROOT
+
+
+def plot(rows: list[list[float]], path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, col, label in ((axes[0], 0, "agent steps"), (axes[1], 1, "seconds")):
+        ax.plot([r[col] for r in rows], [r[2] for r in rows])
+        ax.axhline(18, color="gray", linestyle="--", linewidth=0.8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("mean return (last 100 episodes)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config", default=str(ROOT / "configs" / "pong.json"))
+    p.add_argument("--max-minutes", type=float, default=45)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--name", default="pong")
+    a = p.parse_args()
+    cfg = load_config(a.config, a.set)
+    cfg["max_seconds"] = a.max_minutes * 60
+    final, points = run_on_stack(cfg, a.max_minutes * 60 + 300)
+    rows = curve(points)
+    png = RESULTS / f"{a.name}.png"
+    if rows:
+        plot(rows, png, f"{cfg['env_id']} {cfg['algorithm']} ({final['state']})")
+    write_result(a.name, {
+        "config": cfg, "state": final["state"], "reason": final["reason"],
+        "to_18": first_reach(points, 18), "to_0": first_reach(points, 0),
+        "final_mean_return": final["mean_return"], "agent_steps": final["agent_steps"],
+        "elapsed": final["elapsed"], "updates": final["updates"], "dropped": final["dropped"],
+        "best_mean_return": max((r[2] for r in rows), default=None),
+        "curve": rows, "plot": png.name if rows else None,
+        "targets": {"agent_steps": 1_000_000, "seconds_cpu_2_cores": 45 * 60, "seconds_gpu_16_cores": 120},
+    })
+
+
+if __name__ == "__main__":
+    main()
