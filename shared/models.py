@@ -104,19 +104,24 @@ class ActorCritic(nn.Module):
         self.image = image
 
     def prepare(self, obs: torch.Tensor) -> torch.Tensor:
+        """Model input from raw observations. Images: uint8 -> channels-last first
+        (a quarter of the bytes to move), then float in [0, 1]."""
         if self.image:
-            return obs.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+            return obs.contiguous(memory_format=torch.channels_last).float().mul_(1.0 / 255.0)
         return obs.float()
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, value, _ = self.forward_aux(obs, with_recon=False)
+        logits, value, _ = self.forward_prepared(self.prepare(obs), with_recon=False)
         return logits, value
 
     def forward_aux(self, obs: torch.Tensor, with_recon: bool = True, recon_fraction: float = 1.0
                     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """Also returns the auto-encoder's reconstruction loss when it has one,
-        measured on an evenly spaced `recon_fraction` of the batch."""
-        x = self.prepare(obs)
+        return self.forward_prepared(self.prepare(obs), with_recon, recon_fraction)
+
+    def forward_prepared(self, x: torch.Tensor, with_recon: bool = True, recon_fraction: float = 1.0
+                         ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """(logits, value, reconstruction loss or None) from a prepared input; the
+        reconstruction is measured on an evenly spaced `recon_fraction` of the batch."""
         z = self.encoder(x)
         recon = None
         if with_recon and isinstance(self.encoder, LatentAE):

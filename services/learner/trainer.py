@@ -64,10 +64,10 @@ class Trainer:
         cfg = self.cfg
         obs = self.observations(batch)
         T, B = batch["actions"].shape
-        flat = obs.reshape((T + 1) * B, *obs.shape[2:])
+        x = self.model.prepare(obs.reshape((T + 1) * B, *obs.shape[2:]))  # once, for model and target
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logits, values, recon = self.model.forward_aux(flat, with_recon=cfg.latent_ae,
-                                                           recon_fraction=cfg.ae_fraction)
+            logits, values, recon = self.model.forward_prepared(x, with_recon=cfg.latent_ae,
+                                                                recon_fraction=cfg.ae_fraction)
         logits = logits.float().view(T + 1, B, -1)
         values = values.float().view(T + 1, B)
         rewards = batch["rewards"].float()
@@ -77,7 +77,7 @@ class Trainer:
         common = dict(rho_bar=cfg.rho_bar, c_bar=cfg.c_bar, value_coef=cfg.value_coef, entropy_coef=cfg.entropy_coef)
         if self.target is not None:
             with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                target_logits, _ = self.target(flat[:T * B])
+                target_logits, _, _ = self.target.forward_prepared(x[:T * B], with_recon=False)
             out = losses.appo_loss(logits[:T], values[:T], values[T], batch["actions"], batch["logits"],
                                    target_logits.float().view(T, B, -1), rewards, discounts,
                                    clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, **common)
