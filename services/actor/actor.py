@@ -8,6 +8,7 @@ running (or the one it was told), at any time, and goes idle when it ends.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import json
 import logging
@@ -135,12 +136,15 @@ class Actor:
         watcher = asyncio.create_task(self._watch_state(run_id, active, stop))
         log.info("actor %d joins run %s as %s", self.index, run_id, actor_id)
         steps, last_stats, t_start = 0, 0.0, time.time()
+        used: collections.deque[int] = collections.deque(maxlen=cfg.actor_lead)  # versions of recent fragments
         try:
             while active.is_set() and not stop.is_set():
-                if rollout.version < 0 or cfg.actor_wait > 0:
-                    # No weights yet, or flow control: wait for newer ones, but never forever
-                    # (the learner may need more fragments than one round of actors gives).
-                    await latest.wait_newer(rollout.version, cfg.actor_wait if rollout.version >= 0 else 1.0)
+                if rollout.version < 0:
+                    await latest.wait_newer(-1, 1.0)
+                elif cfg.actor_wait > 0 and len(used) == cfg.actor_lead:
+                    # Flow control: act at most actor_lead fragments ahead of the newest weights, but
+                    # never wait forever (the learner may need more fragments than one round gives).
+                    await latest.wait_newer(used[0], cfg.actor_wait)
                 if latest.ready is not None and latest.ready[0] > rollout.version:
                     version, arrays = latest.ready
                     load_numpy_state(rollout.model, arrays)  # between rollouts: the worker is idle
@@ -148,6 +152,7 @@ class Actor:
                 if rollout.version < 0:
                     continue
                 payload, n = await loop.run_in_executor(self.pool, rollout)
+                used.append(rollout.version)
                 try:
                     await self.nc.publish(wiring.traj(run_id), payload)
                 except Exception as e:
