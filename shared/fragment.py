@@ -37,6 +37,18 @@ class Fragment:
     def num_steps(self) -> int:
         return int(self.actions.shape[0] * self.actions.shape[1])
 
+    @property
+    def num_columns(self) -> int:
+        return int(self.actions.shape[1])
+
+    def columns(self, start: int, stop: int) -> "Fragment":
+        """The same steps for envs start..stop-1 (views, no copy): lets a batch smaller
+        than a fragment take part of one and leave the rest for the next batch."""
+        return dataclasses.replace(
+            self, obs=self.obs[:, start:stop], actions=self.actions[:, start:stop],
+            logits=self.logits[:, start:stop], rewards=self.rewards[:, start:stop], dones=self.dones[:, start:stop],
+            context=None if self.context is None else self.context[start:stop])
+
 
 def encode_fragment(f: Fragment) -> bytes:
     arrays = {"obs": f.obs, "actions": f.actions, "logits": f.logits, "rewards": f.rewards, "dones": f.dones}

@@ -66,3 +66,18 @@ async def test_bad_foreign_and_stale_fragments_are_dropped_and_counted():
     batch = await asyncio.wait_for(p.next_batch(), 10)
     assert [int(batch["rewards"][0, k * N]) for k in range(2)] == [3, 4]
     assert counters["rejected"] == 2 and counters["stale_dropped"] == 1
+
+
+async def test_fragments_larger_than_a_batch_are_split_without_loss():
+    """Batches of 3 columns from fragments of 4: every column trained once, in order."""
+    counters = Counters()
+    cfg = RunConfig(num_envs=N, unroll_length=T, batch_size=3 * T, prefetch_batches=2)
+    p = Prefetcher(cfg, SPEC, "r1", torch.device("cpu"), lambda: 0, counters, fresh_capacity=100)
+    for i in range(3):
+        p.offer(fragment(i))
+    cols = []
+    for _ in range(4):
+        batch = await asyncio.wait_for(p.next_batch(), 10)
+        assert batch["actions"].shape == (T, 3) and int(batch["fresh_steps"]) == 3 * T
+        cols += [int(v) for v in batch["rewards"][0]]
+    assert cols == [0] * 4 + [1] * 4 + [2] * 4

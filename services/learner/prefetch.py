@@ -45,6 +45,7 @@ class Prefetcher:
         self.fresh: collections.deque[bytes] = collections.deque()
         self.fresh_capacity = fresh_capacity or max(8, 4 * per_batch)
         self.arrived = asyncio.Event()
+        self.leftover: Optional[Fragment] = None  # the unused columns of the last fresh fragment
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=cfg.prefetch_batches)
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
@@ -73,29 +74,34 @@ class Prefetcher:
             await self.queue.put(batch)
 
     async def next_batch(self) -> dict[str, torch.Tensor]:
+        """Exactly `columns` env columns: replayed ones first, then fresh ones. A fresh
+        fragment larger than what is still needed is split; its rest starts the next batch."""
         cfg = self.cfg
         need = self.columns
         want_replay = int(round(need * cfg.replay_proportion)) if self.replay else 0
-        frags: list[Fragment] = []
-        cols = 0
+        parts: list[Fragment] = []
         if want_replay:
             n = math.ceil(want_replay / cfg.num_envs)
-            for f in await self._decode_all(await self.replay(n), fresh=False):
-                frags.append(f)
-                cols += f.actions.shape[1]
+            got = await self._decode_all(await self.replay(n), fresh=False)
+            parts += _take(got, want_replay)
         fresh_cols = 0
-        while cols < need:
-            if not self.fresh:
-                self.arrived.clear()
-                await self.arrived.wait()
-                continue
-            data = self.fresh.popleft()
-            f = (await self._decode_all([data], fresh=True) or [None])[0]
-            if f is not None:
-                frags.append(f)
-                cols += f.actions.shape[1]
-                fresh_cols += f.actions.shape[1]
-        batch = await asyncio.get_running_loop().run_in_executor(self.pool, self._collate_to_device, frags)
+        while (missing := need - sum(f.num_columns for f in parts)) > 0:
+            if self.leftover is None:
+                if not self.fresh:
+                    self.arrived.clear()
+                    await self.arrived.wait()
+                    continue
+                self.leftover = (await self._decode_all([self.fresh.popleft()], fresh=True) or [None])[0]
+                if self.leftover is None:
+                    continue
+            f = self.leftover
+            if f.num_columns > missing:
+                f, self.leftover = f.columns(0, missing), f.columns(missing, f.num_columns)
+            else:
+                self.leftover = None
+            parts.append(f)
+            fresh_cols += f.num_columns
+        batch = await asyncio.get_running_loop().run_in_executor(self.pool, self._collate_to_device, parts)
         batch["fresh_steps"] = torch.tensor(fresh_cols * cfg.unroll_length)
         return batch
 
@@ -130,6 +136,18 @@ class Prefetcher:
             out = {k: t.pin_memory().to(self.device, non_blocking=True) for k, t in tensors.items()}
         self.stream.synchronize()  # the copy overlapped the optimiser's work; this waits only for it
         return out
+
+
+def _take(frags: list[Fragment], columns: int) -> list[Fragment]:
+    """At most `columns` env columns from a list of fragments (the last one cut if needed)."""
+    out, have = [], 0
+    for f in frags:
+        if have >= columns:
+            break
+        f = f.columns(0, min(f.num_columns, columns - have))
+        out.append(f)
+        have += f.num_columns
+    return out
 
 
 def replay_fetcher(nc, run_id: str, counters: Counters) -> ReplayFetch:
