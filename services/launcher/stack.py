@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from shared.service import free_port
+from shared.service import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,8 +71,10 @@ class Stack:
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
         out = open(self.logs / f"{name}.log", "ab")
+        # Own session: Ctrl-C reaches only the launcher, which stops services in order.
+        # Parent-death signal: if the launcher itself is killed, nothing is left behind.
         proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=die_with_parent)
         self.procs[name] = proc
         return proc
 

@@ -20,6 +20,8 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
+from shared.service import die_with_parent
+
 TIMEOUT = datetime.timedelta(minutes=5)  # a dead rank fails the run instead of hanging it
 
 
@@ -84,5 +86,5 @@ def spawn_followers(run_id: str, devices: list[str], port: int, log_dir: str | N
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "services.learner.follower", "--run", run_id, "--rank", str(rank),
              "--world", str(len(devices)), "--device", device, "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT if out else None))
+            stdout=out, stderr=subprocess.STDOUT if out else None, preexec_fn=die_with_parent))
     return procs
