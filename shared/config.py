@@ -56,7 +56,7 @@ class RunConfig(BaseModel):
     replay_capacity_mb: float = Field(512.0, gt=0.0, le=65_536.0, description="bytes (MiB) each replay shard keeps per run")
     max_policy_lag: int = Field(50, ge=0, le=1_000_000, description="fragments older than this many versions are dropped")
     actor_wait: float = Field(0.0, ge=0.0, le=60.0, description="flow control: seconds an actor waits for newer weights before a fragment (0: fully async)")
-    actor_lead: int = Field(1, ge=1, le=64, description="flow control: fragments an actor may act ahead of the newest weights (2 overlaps acting and learning)")
+    actor_lead: int = Field(1, ge=1, le=64, description="flow control: fragments an actor may act ahead of the newest weights and of the learner's backlog")
     publish_interval: float = Field(0.2, ge=0.0, le=3600.0, description="min seconds between weight publications")
     prefetch: bool = Field(True, description="parallel data loading: assemble batches ahead of the optimiser")
     prefetch_batches: int = Field(2, ge=1, le=64, description="batches assembled ahead of the optimiser")

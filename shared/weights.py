@@ -22,21 +22,26 @@ from shared.bus import Assets
 MAX_WEIGHTS_BYTES = wire.MAX_RAW_BYTES
 
 
-async def publish(assets: Assets, nc, run_id: str, version: int, arrays: dict[str, np.ndarray]) -> int:
-    """Store a version and announce it; returns the encoded size."""
+async def publish(assets: Assets, nc, run_id: str, version: int, arrays: dict[str, np.ndarray],
+                  backlog: int = 0) -> int:
+    """Store a version and announce it with the learner's backlog (fresh fragments
+    received but not yet trained on), which actors use to pace themselves."""
     data = wire.encode({"kind": "weights", "run": run_id, "version": version}, arrays)
     await assets.weights.put(run_id, data)
-    await nc.publish(wiring.weights(run_id), json.dumps({"version": version}).encode())
+    await nc.publish(wiring.weights(run_id), json.dumps({"version": version, "backlog": backlog}).encode())
     return len(data)
 
 
-def parse_notice(data: bytes) -> int:
-    """The version a notice announces; ValueError if it is not a notice."""
+def parse_notice(data: bytes) -> tuple[int, int]:
+    """(version, backlog) of a notice; ValueError if it is not a notice."""
     msg = json.loads(data)
-    version = msg["version"] if isinstance(msg, dict) else None
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+    if not isinstance(msg, dict):
         raise ValueError("bad weights notice")
-    return version
+    version, backlog = msg.get("version"), msg.get("backlog", 0)
+    for v in (version, backlog):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError("bad weights notice")
+    return version, backlog
 
 
 async def fetch(assets: Assets, run_id: str, timeout: float = 10.0) -> Optional[tuple[int, dict[str, np.ndarray]]]:

@@ -142,9 +142,10 @@ class Actor:
                 if rollout.version < 0:
                     await latest.wait_newer(-1, 1.0)
                 elif cfg.actor_wait > 0 and len(used) == cfg.actor_lead:
-                    # Flow control: act at most actor_lead fragments ahead of the newest weights, but
-                    # never wait forever (the learner may need more fragments than one round gives).
-                    await latest.wait_newer(used[0], cfg.actor_wait)
+                    # Flow control: act at most actor_lead fragments ahead of the newest weights and of
+                    # what the learner has consumed, but never wait forever (the learner may need more
+                    # fragments than one round of actors gives before it can publish).
+                    await latest.wait_newer(used[0], cfg.actor_wait, max_backlog=cfg.actor_lead)
                 if latest.ready is not None and latest.ready[0] > rollout.version:
                     version, arrays = latest.ready
                     load_numpy_state(rollout.model, arrays)  # between rollouts: the worker is idle
@@ -199,12 +200,13 @@ class WeightsFeed:
     def __init__(self, actor: "Actor", run_id: str):
         self.actor, self.run_id = actor, run_id
         self.ready: Optional[tuple[int, dict]] = None
+        self.backlog = 0  # the learner's unconsumed fresh fragments, from its last notice
         self.notice = asyncio.Event()
         self.fetched = asyncio.Event()
 
     async def on_notice(self, msg) -> None:
         try:
-            weights.parse_notice(msg.data)
+            _, self.backlog = weights.parse_notice(msg.data)
         except ValueError:
             self.actor.counters.inc("rejected_notices")
             return
@@ -221,13 +223,16 @@ class WeightsFeed:
                 got = None
             if got is not None and (self.ready is None or got[0] > self.ready[0]):
                 self.ready = got
-                self.fetched.set()
+            self.fetched.set()  # wakes waiters: new weights, or a new backlog figure
             # Nothing published yet (or a failed fetch): poll as well as wait for a notice.
             await _wait_event(self.notice, 0.5 if got is None else 3600.0)
 
-    async def wait_newer(self, version: int, timeout: float) -> None:
+    async def wait_newer(self, version: int, timeout: float, max_backlog: Optional[int] = None) -> None:
+        """Until weights newer than `version` are here and (if given) the learner's
+        backlog is under max_backlog, or the timeout passes."""
         deadline = time.time() + timeout
-        while (self.ready is None or self.ready[0] <= version) and time.time() < deadline:
+        while time.time() < deadline and (self.ready is None or self.ready[0] <= version or (
+                max_backlog is not None and self.backlog >= max_backlog)):
             self.fetched.clear()
             await _wait_event(self.fetched, deadline - time.time())
 

@@ -107,6 +107,7 @@ class RunSession:
         self.stop_reason: Optional[str] = None
         self.final_state = RunState.finished
         self.publishing: Optional[asyncio.Task] = None
+        self.prefetch: Optional[Prefetcher] = None
         self.last_publish = 0.0
         self.series_prev = (self.t0, 0, 0)
 
@@ -121,7 +122,7 @@ class RunSession:
             followers = distributed.spawn_followers(self.run_id, devices, port, self.learner.log_dir)
             await loop.run_in_executor(self.train_pool, self._join_group, port, len(devices))
         await self._publish_weights()
-        prefetch = Prefetcher(cfg, self.spec, self.run_id, self.learner.device, lambda: self.version,
+        prefetch = self.prefetch = Prefetcher(cfg, self.spec, self.run_id, self.learner.device, lambda: self.version,
                               self.counters, replay_fetcher(self.nc, self.run_id, self.counters)
                               if cfg.replay_proportion > 0 else None,
                               columns=-(-cfg.batch_columns // len(devices)))
@@ -165,6 +166,11 @@ class RunSession:
                 p.terminate()
             distributed.shutdown()
         await self._finish()
+
+    def backlog(self) -> int:
+        """Fresh fragments received and not yet trained on (actors pace themselves by it)."""
+        p = self.prefetch
+        return 0 if p is None else len(p.fresh) + p.queue.qsize() * max(1, p.columns // self.cfg.num_envs)
 
     def _join_group(self, port: int, world: int) -> None:
         """Rank 0 of the data-parallel group; everyone starts from these weights."""
@@ -245,7 +251,7 @@ class RunSession:
         version = self.trainer.updates
         arrays = await asyncio.get_running_loop().run_in_executor(self.train_pool, state_to_numpy, self.trainer.model)
         try:
-            await weights.publish(self.assets, self.nc, self.run_id, version, arrays)
+            await weights.publish(self.assets, self.nc, self.run_id, version, arrays, backlog=self.backlog())
         except Exception as e:
             self.counters.inc("weights_publish_failed")
             log.warning("weights publish failed: %s", e)
