@@ -58,6 +58,11 @@ class RunConfig(BaseModel):
     publish_interval: float = Field(0.2, ge=0.0, le=3600.0, description="min seconds between weight publications")
     prefetch_batches: int = Field(2, ge=1, le=64, description="batches assembled ahead of the optimiser")
     learner_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads in the learner on CPU")
+    # --- fault tolerance ----------------------------------------------------
+    checkpoint_interval_s: float = Field(30.0, ge=0.0, le=86_400.0, description="seconds between checkpoints (0: off)")
+    checkpoint_every_updates: int = Field(0, ge=0, le=10_000_000, description="updates between checkpoints (0: off)")
+    checkpoint_keep: int = Field(3, ge=1, le=100, description="newest checkpoints kept per run; older ones deleted")
+    heartbeat_timeout_s: float = Field(15.0, ge=2.0, le=3600.0, description="a running run whose heartbeat is older is requeued to resume")
     # --- stop conditions (any one ends the run) ---------------------------
     max_agent_steps: Optional[int] = Field(None, ge=1, description="stop after this many agent steps")
     max_seconds: Optional[float] = Field(None, gt=0.0, description="stop after this many seconds of training")
@@ -110,3 +115,5 @@ class RunRecord(BaseModel):
     heartbeat: Optional[float] = None
     reason: Optional[str] = None
     checkpoint: Optional[str] = None
+    resume: bool = Field(False, description="the next learner continues from the newest checkpoint")
+    resumes: int = Field(0, description="times the run was resumed (lost learner or POST /resume)")

@@ -19,12 +19,14 @@ from typing import Optional
 
 import torch
 
+from services.learner import checkpoints
 from services.learner.prefetch import Prefetcher
 from services.learner.progress import Progress
 from services.learner.trainer import Trainer
 from shared import bus, runs, wire, wiring
 from shared.config import RunRecord, RunState
 from shared.envs import env_spec
+from shared.fragment import check_header
 from shared.models import state_to_numpy
 from shared.service import Counters
 
@@ -48,7 +50,9 @@ class Learner:
         self.nc = await bus.connect(self.nats_url, "learner", self.counters)
         self.assets = await bus.ensure_assets(self.nc)
         log.info("learner %s ready on %s", self.learner_id, self.device)
+        watch = runs.LostRunWatch(self.assets.runs, self.counters)
         while not stop.is_set():
+            await watch.sweep()  # an idle learner notices runs whose learner died, and may take them over
             rec = await self._claim()
             if rec is None:
                 try:
@@ -62,7 +66,8 @@ class Learner:
             except Exception as e:
                 log.exception("run %s failed", rec.id)
                 await _quietly(runs.transition(self.assets.runs, rec.id, {RunState.running, RunState.stopping},
-                                               RunState.failed, reason=f"learner error: {e}"[:500]))
+                                               RunState.failed, owner=self.learner_id,
+                                               reason=f"learner error: {e}"[:500]))
         await self.nc.drain()
 
     async def _claim(self) -> Optional[RunRecord]:
@@ -108,16 +113,27 @@ class RunSession:
         self.publishing: Optional[asyncio.Task] = None
         self.last_publish = 0.0
         self.series_prev = (self.t0, 0, 0)
+        self.ckpt_dir = checkpoints.CheckpointDir(learner.checkpoint_dir, self.run_id, self.cfg.checkpoint_keep)
+        self.ckpt_clock = checkpoints.CheckpointClock(self.cfg.checkpoint_interval_s, self.cfg.checkpoint_every_updates)
+        self.last_checkpoint: Optional[str] = rec.checkpoint
 
     # ------------------------------------------------------------------ main
     async def train(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
         log.info("run %s: %s on %s, %s", self.run_id, cfg.algorithm, cfg.env_id, self.learner.device)
+        if self.rec.resume:
+            await checkpoints.resume(self, self.learner.checkpoint_dir)
+            self.ckpt_clock.mark(self.trainer.updates)
         await self._publish_weights()
         prefetch = Prefetcher(cfg, self.spec, self.run_id, self.learner.device, lambda: self.version,
                               self.counters, self._replay_fetch if cfg.replay_proportion > 0 else None)
 
         async def on_traj(msg) -> None:
+            try:  # cheap header + checksum check first: every bad message is counted, none queued
+                check_header(msg.data, self.run_id, self.spec, cfg.unroll_length)
+            except wire.WireError:
+                self.counters.inc("rejected")
+                return
             prefetch.offer(msg.data)
 
         async def on_stats(msg) -> None:
@@ -145,6 +161,8 @@ class RunSession:
                 losses = await loop.run_in_executor(self.train_pool, self.trainer.train_on, batch)
                 self.train_time += time.perf_counter() - t
                 self._account(batch, losses)
+                if self.ckpt_clock.due(self.trainer.updates):
+                    await self._checkpoint()
                 if time.time() - self.last_publish >= cfg.publish_interval and (
                         self.publishing is None or self.publishing.done()):
                     self.last_publish = time.time()
@@ -187,7 +205,8 @@ class RunSession:
                 break
             try:
                 rec = await runs.transition(self.assets.runs, self.run_id, {RunState.running}, None,
-                                            heartbeat=time.time())
+                                            owner=self.learner.learner_id, heartbeat=time.time(),
+                                            checkpoint=self.last_checkpoint)
                 self.rec = rec
             except runs.TransitionRefused:
                 self.stop_reason, self.final_state = "stop requested", RunState.stopped
@@ -254,28 +273,28 @@ class RunSession:
     # ------------------------------------------------------------------ end
     async def _finish(self) -> None:
         log.info("run %s ends: %s", self.run_id, self.stop_reason)
-        path = await asyncio.get_running_loop().run_in_executor(self.train_pool, self.save_checkpoint)
+        path = await self._checkpoint()
         point = self.metrics_point()
         point["final"] = True
         await self._publish_metrics(point)
         try:
             await runs.transition(self.assets.runs, self.run_id, {RunState.running, RunState.stopping},
-                                  self.final_state, reason=self.stop_reason, checkpoint=str(path))
+                                  self.final_state, owner=self.learner.learner_id, reason=self.stop_reason,
+                                  checkpoint=str(path), resume=False)
         except (runs.TransitionRefused, KeyError) as e:
             log.warning("could not record the end of run %s: %s", self.run_id, e)
 
-    def save_checkpoint(self) -> Path:
-        """Atomic write (temp file + rename); loads with torch.load(weights_only=True)."""
-        d = self.learner.checkpoint_dir / self.run_id
-        d.mkdir(parents=True, exist_ok=True)
-        state = self.trainer.state() | {
-            "config": self.cfg.model_dump(mode="json"), "agent_steps": self.progress.agent_steps,
-            "episodes": self.progress.episodes, "version": self.version}
-        path = d / f"ckpt_{self.trainer.updates:09d}.pt"
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+    async def _checkpoint(self) -> Path:
+        """Periodic and final checkpoints (services/learner/checkpoints.py), in the
+        training thread so the state is consistent; loads with weights_only=True."""
+        path = await asyncio.get_running_loop().run_in_executor(self.train_pool, self.save_checkpoint)
+        self.ckpt_clock.mark(self.trainer.updates)
+        self.last_checkpoint = str(path)
+        self.counters.inc("checkpoints")
         return path
+
+    def save_checkpoint(self) -> Path:
+        return self.ckpt_dir.save(checkpoints.snapshot(self), self.trainer.updates)
 
 
 async def _quietly(coro) -> None:
