@@ -141,7 +141,7 @@ class Actor:
         sub = await self.nc.subscribe(wiring.weights(run_id), cb=on_notice)
         active = asyncio.Event()
         active.set()
-        watcher = asyncio.create_task(self._watch_state(run_id, active, stop))
+        watcher = asyncio.create_task(self._watch_state(run_id, rec.learner_id, active, stop))
         log.info("actor %d joins run %s as %s", self.index, run_id, actor_id)
         steps, last_stats, t_start = 0, 0.0, time.time()
         try:
@@ -202,11 +202,14 @@ class Actor:
         except Exception:
             self.counters.inc("publish_failed")
 
-    async def _watch_state(self, run_id: str, active: asyncio.Event, stop: asyncio.Event) -> None:
+    async def _watch_state(self, run_id: str, learner_id: Optional[str], active: asyncio.Event,
+                           stop: asyncio.Event) -> None:
+        """Leave when the run stops running or changes learner (a resumed run counts
+        steps afresh per actor join, so the new learner never double counts ours)."""
         while not stop.is_set():
             try:
                 got = await runs.read(self.assets.runs, run_id)
-                if got is None or got[0].state != RunState.running:
+                if got is None or got[0].state != RunState.running or got[0].learner_id != learner_id:
                     active.clear()
                     return
             except Exception:

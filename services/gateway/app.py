@@ -61,6 +61,8 @@ class RunView(BaseModel):
     heartbeat: Optional[float] = None
     reason: Optional[str] = None
     checkpoint: Optional[str] = None
+    resume: bool = False
+    resumes: int = 0
     agent_steps: int = 0
     steps_per_s: float = 0.0
     mean_return: Optional[float] = None

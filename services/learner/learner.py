@@ -236,7 +236,7 @@ class RunSession:
             "mean_return": self.progress.mean_return, "episodes": self.progress.episodes,
             "mean_length": (sum(self.progress.lengths) / len(self.progress.lengths)) if self.progress.lengths else None,
             "policy_lag": self.last_lag, "data_wait_frac": self.data_wait / busy if busy else None,
-            "losses": self.last_losses, "counters": dict(self.counters),
+            "losses": self.last_losses, "counters": {**self.learner.counters, **self.counters},
             "actors": len(self.progress.actor_steps), "solved": self.progress.solved,
         }
 
