@@ -129,7 +129,7 @@ async def test_actor_kill_nats_restart_stop_and_resume(fault_stack):
         back = await wait_for(lambda: gw.run(rid), lambda v: v["state"] == "running"
                               and v["counters"].get("resumed") == 1, 120, "resumed after stop")
         assert back["updates"] > stopped["updates"] and back["agent_steps"] >= stopped["agent_steps"]
-        await wait_for(lambda: gw.run(rid), lambda v: v["actors"] >= 2, 120, "both actors rejoin")
+        await wait_for(lambda: _latest_point(gw, rid), lambda p: p.get("actors", 0) >= 2, 120, "both actors rejoin")
         await gw.stop(rid)
         final = await gw.wait_final(rid, timeout=120)
         points = await gw.metrics(rid)
@@ -139,6 +139,11 @@ async def test_actor_kill_nats_restart_stop_and_resume(fault_stack):
     assert health["ok"] and health["nats_counters"].get("reconnects", 0) >= 1
     for name in ("gateway", "learner", "replay", "actor-0", "actor-5"):
         assert stack.procs[name].poll() is None, f"{name} died"
+
+
+async def _latest_point(gw: GatewayClient, rid: str) -> dict:
+    points = await gw.metrics(rid)
+    return points[-1] if points else {}
 
 
 def _tolerant(gw: GatewayClient, rid: str) -> Callable[[], Awaitable[dict]]:

@@ -133,7 +133,7 @@ class Actor:
         async def on_notice(msg) -> None:
             try:
                 announced[0] = max(announced[0], int(json.loads(msg.data)["version"]))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 self.counters.inc("rejected_notices")
                 return
             notice.set()

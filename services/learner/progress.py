@@ -48,7 +48,7 @@ class Progress:
             parsed = [(float(r), int(n)) for r, n in episodes]
             if not all(math.isfinite(r) for r, _ in parsed):
                 raise ValueError("non-finite return")
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, RecursionError):  # deeply nested JSON recurses
             counters.inc("rejected_stats")
             return
         self.actor_steps[actor] = max(steps, self.actor_steps.get(actor, 0))
