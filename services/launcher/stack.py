@@ -105,7 +105,12 @@ class Stack:
         if service == "gateway" and "--port" not in args:
             self.gateway_port = free_port()
             args = (*args, "--host", self.host, "--port", str(self.gateway_port))
-        return self._spawn(name or service, [sys.executable, "-m", f"services.{service}", *args], netns)
+        return self._spawn(name or service, self.service_cmd(service, *args), netns)
+
+    @staticmethod
+    def service_cmd(service: str, *args: str) -> list[str]:
+        """The command line of one service (to wrap, e.g. in `nice`)."""
+        return [sys.executable, "-m", f"services.{service}", *args]
 
     def start_all(self, actors: int, learner_args: tuple[str, ...] = ()) -> None:
         self.start_nats()
