@@ -7,6 +7,7 @@ validates once and every service reads the same way.
 from __future__ import annotations
 
 import enum
+import os
 import time
 from typing import Literal, Optional
 
@@ -16,6 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MAX_ENVS_PER_ACTOR = 256
 MAX_UNROLL = 512
 MAX_BATCH_STEPS = 65_536
+# What one process may be asked to hold for a run (learner batches, one replay shard);
+# a config beyond it would not fit in memory and is a 422 naming the field.
+MAX_RUN_MEMORY_BYTES = int(float(os.environ.get("RL_MAX_RUN_MEMORY_GB", "32")) * 2**30)
+_ATARI_STEP_BYTES = 4 * 84 * 84 * 4  # a float32 4-stack, as the learner's model sees it
+_VECTOR_STEP_BYTES = 4096  # generous for any vector observation (CartPole: 16 bytes)
 
 
 class RunConfig(BaseModel):
@@ -83,7 +89,19 @@ class RunConfig(BaseModel):
             raise ValueError("batch_size must be at least unroll_length (one env column)")
         if self.model in ("nature_cnn", "impala_resnet") and not self.env_id.startswith("ALE/"):
             raise ValueError(f"model {self.model!r} needs an image env (ALE/...)")
+        self._fits_in_memory()
         return self
+
+    def _fits_in_memory(self) -> None:
+        """Refuse sizes whose buffers would not fit in one process (rough upper estimate)."""
+        step = _ATARI_STEP_BYTES if self.env_id.startswith("ALE/") else _VECTOR_STEP_BYTES
+        held = (self.prefetch_batches + self.reuse + 2) * self.batch_columns * (self.unroll_length + 1) * step
+        gib = MAX_RUN_MEMORY_BYTES / 2**30
+        if held > MAX_RUN_MEMORY_BYTES:
+            raise ValueError(f"batch_size x (prefetch_batches + reuse) would hold about {held / 2**30:.0f} GiB "
+                             f"of observations in the learner, over the {gib:.0f} GiB limit")
+        if self.replay_capacity_mb * 2**20 > MAX_RUN_MEMORY_BYTES:
+            raise ValueError(f"replay_capacity_mb over the {gib:.0f} GiB per-process limit")
 
     @property
     def batch_columns(self) -> int:

@@ -64,5 +64,10 @@ def test_mutating_calls_need_the_token_and_bodies_are_bounded(gateway_stack):
     assert big.status_code == 413
     r = requests.post(f"{url}/runs", json={"num_envs": 10**9}, headers=auth, timeout=30)
     assert r.status_code == 422 and "num_envs" in r.text
+    huge = {"env_id": "ALE/Pong-v5", "batch_size": 65536, "reuse": 64, "prefetch_batches": 64}
+    r = requests.post(f"{url}/runs", json=huge, headers=auth, timeout=30)
+    assert r.status_code == 422 and "GiB" in r.text and "batch_size" in r.text  # would not fit in memory
+    r = requests.post(f"{url}/runs", json={"env_id": "NoSuchEnv-v0"}, headers=auth, timeout=30)
+    assert r.status_code == 422 and "NoSuchEnv-v0" in r.text
     r = requests.post(f"{url}/runs/no-such-run/resume", headers=auth, timeout=30)
     assert r.status_code == 404
