@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -15,6 +14,8 @@ from services.launcher.stack import ROOT, Stack
 from services.learner import checkpoints
 from shared.client import GatewayClient
 
+from helpers import poll, started_stack
+
 pytestmark = pytest.mark.e2e
 PRESET = json.loads((ROOT / "configs" / "cartpole.json").read_text())
 FAULT_CONFIG = dict(PRESET, checkpoint_interval_s=2.0, heartbeat_timeout_s=6.0, max_seconds=600)
@@ -22,27 +23,12 @@ FAULT_CONFIG = dict(PRESET, checkpoint_interval_s=2.0, heartbeat_timeout_s=6.0, 
 
 @pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("faults"))
-    stack.start_all(actors=2)
-    yield stack
-    stack.close()
+    with started_stack(tmp_path_factory, "faults", actors=2) as stack:
+        yield stack
 
 
 def learner_args(stack: Stack, *extra: str) -> tuple[str, ...]:
     return ("--checkpoint-dir", str(stack.run_dir / "checkpoints"), *extra)
-
-
-async def wait_for(probe: Callable[[], Awaitable[dict]], ok: Callable[[dict], bool], timeout: float,
-                   what: str) -> dict:
-    """Poll probe() until ok(value); generous timeouts, no timing assertions."""
-    deadline = time.time() + timeout
-    while True:
-        value = await probe()
-        if ok(value):
-            return value
-        if time.time() > deadline:
-            raise TimeoutError(f"{what}: still {value} after {timeout} s")
-        await asyncio.sleep(0.5)
 
 
 def assert_never_backwards(points: list[dict], keys=("agent_steps", "updates", "episodes")) -> None:
@@ -58,7 +44,7 @@ async def test_learner_sigkill_resumes_and_second_learner_does_not_claim(fault_s
         await gw.wait_ready()
         run = await gw.start_run(FAULT_CONFIG)
         rid = run["id"]
-        first = await wait_for(lambda: gw.run(rid), lambda v: v["state"] == "running" and v["updates"] > 0,
+        first = await poll(lambda: gw.run(rid), lambda v: v["state"] == "running" and v["updates"] > 0,
                                120, "run starts")
         owner = first["learner_id"]
 
@@ -70,7 +56,7 @@ async def test_learner_sigkill_resumes_and_second_learner_does_not_claim(fault_s
         stack.kill("learner-2")
 
         # Wait for a periodic checkpoint, then SIGKILL the learner mid-run.
-        before = await wait_for(lambda: gw.run(rid), lambda v: v["checkpoint"] and (v["counters"].get(
+        before = await poll(lambda: gw.run(rid), lambda v: v["checkpoint"] and (v["counters"].get(
             "checkpoints", 0) >= 1 and v["updates"] >= 20) or v["state"] != "running", 120, "first checkpoint")
         assert before["state"] == "running" and before["solved"] is None, "solved before the fault; make it harder"
         stack.kill("learner")
@@ -78,10 +64,10 @@ async def test_learner_sigkill_resumes_and_second_learner_does_not_claim(fault_s
         assert ckpt["run_id"] == rid and ckpt["updates"] > 0 and "rng" in ckpt
 
         # The gateway notices the silent learner and requeues the run; a restarted learner resumes it.
-        lost = await wait_for(lambda: gw.run(rid), lambda v: v["state"] != "running", 60, "lost learner noticed")
+        lost = await poll(lambda: gw.run(rid), lambda v: v["state"] != "running", 60, "lost learner noticed")
         assert lost["state"] == "pending" and lost["resume"] and "lost" in lost["reason"]
         stack.start("learner", *learner_args(stack))
-        resumed = await wait_for(lambda: gw.run(rid), lambda v: v["state"] == "running" and v["learner_id"] != owner
+        resumed = await poll(lambda: gw.run(rid), lambda v: v["state"] == "running" and v["learner_id"] != owner
                                  and v["counters"].get("resumed") == 1, 120, "resumed")
         assert resumed["updates"] >= before["updates"] and resumed["agent_steps"] >= before["agent_steps"]
         final = await gw.wait_final(rid, timeout=600)
@@ -101,21 +87,21 @@ async def test_actor_kill_nats_restart_stop_and_resume(fault_stack):
         await gw.wait_ready()
         run = await gw.start_run(dict(FAULT_CONFIG, target_return=None, max_agent_steps=10**9))
         rid = run["id"]
-        await wait_for(lambda: gw.run(rid), lambda v: v["state"] == "running" and v["updates"] > 5, 120, "start")
+        await poll(lambda: gw.run(rid), lambda v: v["state"] == "running" and v["updates"] > 5, 120, "start")
 
         # SIGKILL one of two actors: the run goes on with the other.
         stack.kill("actor-1")
         after_kill = (await gw.run(rid))["updates"]
-        await wait_for(lambda: gw.run(rid), lambda v: v["updates"] > after_kill + 20, 120, "training after kill")
+        await poll(lambda: gw.run(rid), lambda v: v["updates"] > after_kill + 20, 120, "training after kill")
 
         # Restart nats-server (same port, same JetStream store): every service reconnects and carries on.
         stack.kill("nats")
         await asyncio.sleep(2)
         stack.start_nats()
         await gw.wait_ready(timeout=120)
-        mid = await wait_for(_tolerant(gw, rid), lambda v: v.get("state") == "running"
+        mid = await poll(_tolerant(gw, rid), lambda v: v.get("state") == "running"
                              and v.get("counters", {}).get("reconnects", 0) >= 1, 120, "learner reconnected")
-        await wait_for(_tolerant(gw, rid), lambda v: v.get("updates", 0) > mid["updates"] + 20, 120,
+        await poll(_tolerant(gw, rid), lambda v: v.get("updates", 0) > mid["updates"] + 20, 120,
                        "training after nats restart")
 
         # An added actor joins (elastic); then stop the run and resume it from its checkpoint.
@@ -126,10 +112,10 @@ async def test_actor_kill_nats_restart_stop_and_resume(fault_stack):
         assert stopped["state"] == "stopped" and stopped["checkpoint"]
         resumed = await gw.resume(rid)
         assert resumed["state"] == "pending" and resumed["resume"]
-        back = await wait_for(lambda: gw.run(rid), lambda v: v["state"] == "running"
+        back = await poll(lambda: gw.run(rid), lambda v: v["state"] == "running"
                               and v["counters"].get("resumed") == 1, 120, "resumed after stop")
         assert back["updates"] > stopped["updates"] and back["agent_steps"] >= stopped["agent_steps"]
-        await wait_for(lambda: _latest_point(gw, rid), lambda p: p.get("actors", 0) >= 2, 120, "both actors rejoin")
+        await poll(lambda: _latest_point(gw, rid), lambda p: p.get("actors", 0) >= 2, 120, "both actors rejoin")
         await gw.stop(rid)
         final = await gw.wait_final(rid, timeout=120)
         points = await gw.metrics(rid)

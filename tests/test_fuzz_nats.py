@@ -7,15 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-import time
 
 import numpy as np
 import pytest
 from nats.errors import MaxPayloadError
 
-from services.launcher.stack import ROOT, Stack
+from services.launcher.stack import ROOT
 from shared import bus, wire, wiring
 from shared.client import GatewayClient
+
+from helpers import poll, started_stack
 
 pytestmark = pytest.mark.e2e
 PRESET = json.loads((ROOT / "configs" / "cartpole.json").read_text())
@@ -24,10 +25,8 @@ PER_KIND = 25
 
 @pytest.fixture(scope="module")
 def fuzz_stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("nats-fuzz"))
-    stack.start_all(actors=1)
-    yield stack
-    stack.close()
+    with started_stack(tmp_path_factory, "nats-fuzz", actors=1) as stack:
+        yield stack
 
 
 def mutations(real: bytes, rng: np.random.Generator) -> dict[str, list[bytes]]:
@@ -130,14 +129,7 @@ async def test_bad_messages_are_counted_and_training_goes_on(fuzz_stack):
 
 
 async def _wait(gw: GatewayClient, rid: str, ok, timeout: float = 120) -> dict:
-    deadline = time.time() + timeout
-    while True:
-        view = await gw.run(rid)
-        if ok(view):
-            return view
-        if time.time() > deadline:
-            raise TimeoutError(f"still {view}")
-        await asyncio.sleep(0.5)
+    return await poll(lambda: gw.run(rid), ok, timeout, "run view")
 
 
 async def _settled(gw: GatewayClient, rid: str) -> dict:

@@ -14,6 +14,8 @@ from services.launcher.stack import ROOT, Stack
 from shared import bus, wiring
 from shared.client import GatewayClient
 
+from helpers import poll
+
 pytestmark = pytest.mark.e2e
 PRESET = json.loads((ROOT / "configs" / "cartpole.json").read_text())
 REASON = netns.unavailable_reason()
@@ -86,8 +88,8 @@ async def test_cut_link_run_goes_on_and_actor_rejoins(hosts_stack):
 
 
 async def _until(ok, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not ok():
-        if time.time() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.5)
+    await poll(lambda: _now(), lambda _: ok(), timeout, what)
+
+
+async def _now() -> float:
+    return time.time()
