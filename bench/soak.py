@@ -81,7 +81,7 @@ def main() -> None:
     config = json.loads((ROOT / "configs" / "cartpole.json").read_text())
     config.update(num_envs=32, unroll_length=32, batch_size=4096, hidden_size=1024, reuse=4, actor_wait=0.0,
                   learner_threads=1, target_return=None, max_seconds=a.seconds + 600, publish_interval=1.0,
-                  replay_proportion=0.25, replay_capacity=20_000, replay_capacity_mb=256.0,
+                  replay_proportion=0.25, replay_capacity=400, replay_capacity_mb=64.0,
                   checkpoint_interval_s=30.0)
     with tempfile.TemporaryDirectory() as d, Stack(d) as stack:
         stack.start_nats()
