@@ -208,8 +208,8 @@ class RunSession:
                                             owner=self.learner.learner_id, heartbeat=time.time(),
                                             checkpoint=self.last_checkpoint)
                 self.rec = rec
-            except runs.TransitionRefused:
-                self.stop_reason, self.final_state = "stop requested", RunState.stopped
+            except runs.TransitionRefused as e:  # stop requested, or the run was taken over
+                self.stop_reason, self.final_state = f"stop requested ({e})", RunState.stopped
                 break
             except Exception as e:
                 log.debug("heartbeat failed: %s", e)
