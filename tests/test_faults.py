@@ -18,7 +18,7 @@ from helpers import poll, started_stack
 
 pytestmark = pytest.mark.e2e
 PRESET = json.loads((ROOT / "configs" / "cartpole.json").read_text())
-FAULT_CONFIG = dict(PRESET, checkpoint_interval_s=2.0, heartbeat_timeout_s=6.0, max_seconds=600)
+FAULT_CONFIG = dict(PRESET, checkpoint_interval_s=2.0, heartbeat_timeout_s=8.0, max_seconds=600)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ async def test_learner_sigkill_resumes_and_second_learner_does_not_claim(fault_s
 
         # A second learner pointed at the same run cannot claim it while the first heart-beats.
         stack.start("learner", *learner_args(stack, "--run", rid), name="learner-2")
-        await asyncio.sleep(10)  # longer than heartbeat_timeout_s: the heartbeat keeps it owned
+        await asyncio.sleep(12)  # longer than heartbeat_timeout_s: the heartbeat keeps it owned
         view = await gw.run(rid)
         assert view["state"] == "running" and view["learner_id"] == owner
         stack.kill("learner-2")
