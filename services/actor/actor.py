@@ -45,6 +45,7 @@ class Rollout:
         self.ep_length = np.zeros(n, np.int64)
         self.finished: list[tuple[float, int]] = []
         self.gen = torch.Generator().manual_seed(seed)
+        self.seq = 0  # fragments made so far; the learner counts gaps as lost in transit
 
     @torch.inference_mode()
     def __call__(self) -> tuple[bytes, int]:
@@ -75,8 +76,9 @@ class Rollout:
                 self.finished.append((float(self.ep_return[i]), int(self.ep_length[i])))
                 self.ep_return[i], self.ep_length[i] = 0.0, 0
         obs_rows[T] = self.obs[:, -1] if stacked else self.obs
+        self.seq += 1
         frag = Fragment(self.run_id, self.actor_id, max(self.version, 0), obs_rows, actions, logits_buf,
-                        rewards, dones, context)
+                        rewards, dones, context, seq=self.seq)
         return encode_fragment(frag), T * N
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ import torch
 
 from services.learner import checkpoints
 from services.learner.prefetch import Prefetcher
-from services.learner.progress import Progress
+from services.learner.progress import Progress, SequenceGaps
 from services.learner.trainer import Trainer
 from shared import bus, runs, wire, wiring
 from shared.config import RunRecord, RunState
@@ -128,12 +128,17 @@ class RunSession:
         prefetch = Prefetcher(cfg, self.spec, self.run_id, self.learner.device, lambda: self.version,
                               self.counters, self._replay_fetch if cfg.replay_proportion > 0 else None)
 
+        gaps = SequenceGaps()
+
         async def on_traj(msg) -> None:
             try:  # cheap header + checksum check first: every bad message is counted, none queued
-                check_header(msg.data, self.run_id, self.spec, cfg.unroll_length)
+                meta = check_header(msg.data, self.run_id, self.spec, cfg.unroll_length)
             except wire.WireError:
                 self.counters.inc("rejected")
                 return
+            lost = gaps.observe(meta["actor"], meta.get("seq", 0))
+            if lost:
+                self.counters.inc("lost_in_transit", lost)
             prefetch.offer(msg.data)
 
         async def on_stats(msg) -> None:

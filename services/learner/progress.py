@@ -65,3 +65,21 @@ class Progress:
         if self.solved is None:
             self.solved = {"agent_steps": self.agent_steps, "seconds": elapsed, "time": time.time()}
         return True
+
+
+class SequenceGaps:
+    """Counts fragments lost in transit (e.g. while nats-server restarts) from gaps
+    in each actor's sequence numbers. Remembers at most `max_actors` actors (least
+    recently seen forgotten), so forged actor ids cannot grow it without bound."""
+
+    def __init__(self, max_actors: int = 4096):
+        self.last: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.max_actors = max_actors
+
+    def observe(self, actor: str, seq: int) -> int:
+        """Record one arrival; returns how many fragments of this actor went missing before it."""
+        prev = self.last.pop(actor, None)
+        self.last[actor] = max(seq, prev or 0)
+        if len(self.last) > self.max_actors:
+            self.last.popitem(last=False)
+        return max(0, seq - prev - 1) if prev is not None else 0
