@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
 import time
 
 from common import write_result  # noqa: F401  (sets sys.path)
+from hosted import HostedStack, hosted_stack
 
-from services.launcher import netns
-from services.launcher.stack import ROOT, Stack
+from services.launcher.stack import ROOT
 from shared.client import GatewayClient
 
 
@@ -29,11 +28,8 @@ async def phase_rate(gw: GatewayClient, rid: str, seconds: float, settle: float 
     return (v1["agent_steps"] - v0["agent_steps"]) / (t1 - t0)
 
 
-async def elastic(stack: Stack, hosts, config: dict, seconds: float) -> dict:
-    def add(i: int) -> None:
-        extra = ("--nats", stack.nats_url_at(hosts.server_addr_for(i + 1))) if hosts else ()
-        stack.start("actor", "--index", str(i), *extra, name=f"actor-{i}", netns=hosts.hosts[i] if hosts else None)
-
+async def elastic(hs: HostedStack, config: dict, seconds: float) -> dict:
+    stack, add = hs.stack, hs.start_actor
     add(0)
     async with GatewayClient(stack.gateway_url, stack.api_token, timeout=60) as gw:
         await gw.wait_ready(120)
@@ -63,21 +59,10 @@ def main() -> None:
     config = json.loads((ROOT / "configs" / "cartpole.json").read_text())
     config.update(num_envs=32, unroll_length=32, batch_size=1024, actor_wait=0.0, target_return=None,
                   max_seconds=3600, publish_interval=1.0, num_actors=1)
-    reason = netns.unavailable_reason()
-    hosts = netns.Hosts(3) if reason is None else None
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            kw = dict(host=hosts.server_addr, nats_bind="0.0.0.0", netns=hosts.server) if hosts else {}
-            with Stack(d, **kw) as stack:
-                stack.start_nats()
-                stack.start("gateway")
-                stack.start("learner", "--checkpoint-dir", str(stack.run_dir / "ckpt"))
-                result = asyncio.run(elastic(stack, hosts, config, a.phase))
-    finally:
-        if hosts:
-            hosts.close()
-    write_result("elastic", {"config": config, "actor_hosts": "network namespaces + veth" if hosts
-                             else f"loopback ({reason})", **result})
+    with hosted_stack(3) as hs:
+        result = asyncio.run(elastic(hs, config, a.phase))
+        where = hs.where
+    write_result("elastic", {"config": config, "actor_hosts": where, **result})
 
 
 if __name__ == "__main__":

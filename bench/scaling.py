@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
 import time
-from typing import Optional
 
 from common import write_result  # noqa: F401  (sets sys.path)
+from hosted import hosted_stack
 from procstat import cpu_seconds
 
-from services.launcher import netns
 from services.launcher.stack import ROOT, Stack
 from shared import bus, wiring
 from shared.client import GatewayClient
@@ -64,28 +62,17 @@ async def traj_bytes_per_s(stack: Stack, rid: str, seconds: float) -> float:
     return total[0] / seconds
 
 
-def one(n: int, config: dict, use_netns: bool, warmup: float, window: float) -> dict:
-    hosts: Optional[netns.Hosts] = netns.Hosts(n) if use_netns else None
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            kw = dict(host=hosts.server_addr, nats_bind="0.0.0.0", netns=hosts.server) if hosts else {}
-            with Stack(d, **kw) as stack:
-                stack.start_nats()
-                stack.start("gateway")
-                stack.start("learner", "--checkpoint-dir", str(stack.run_dir / "ckpt"))
-                for i in range(n):
-                    extra = ("--nats", stack.nats_url_at(hosts.server_addr_for(i + 1))) if hosts else ()
-                    stack.start("actor", "--index", str(i), *extra, name=f"actor-{i}",
-                                netns=hosts.hosts[i] if hosts else None)
-                r = asyncio.run(measure(stack, dict(config, num_actors=n), warmup, window))
-    finally:
-        if hosts:
-            hosts.close()
+def one(n: int, config: dict, warmup: float, window: float) -> tuple[dict, str]:
+    with hosted_stack(n) as hs:
+        for i in range(n):
+            hs.start_actor(i)
+        r = asyncio.run(measure(hs.stack, dict(config, num_actors=n), warmup, window))
+        where = hs.where
     r["actors"] = n
     r["steps_per_s_per_actor"] = round(r["agent_steps_per_s"] / n, 1)
     r["traj_bytes_per_s_per_actor"] = round(r["traj_bytes_per_s"] / n, 1)
     print(json.dumps(r), flush=True)
-    return r
+    return r, where
 
 
 def main() -> None:
@@ -98,10 +85,8 @@ def main() -> None:
     config = json.loads((ROOT / "configs" / "cartpole.json").read_text())
     config.update(env_id=a.env, num_envs=32, unroll_length=32, batch_size=1024, actor_wait=0.0,
                   target_return=None, max_seconds=3600, publish_interval=1.0)
-    reason = netns.unavailable_reason()
-    rows = [one(n, config, reason is None, a.warmup, a.window) for n in a.actors]
-    write_result("scaling", {"config": config, "actor_hosts": "network namespaces + veth" if reason is None
-                             else f"loopback ({reason})", "rows": rows})
+    measured = [one(n, config, a.warmup, a.window) for n in a.actors]
+    write_result("scaling", {"config": config, "actor_hosts": measured[0][1], "rows": [r for r, _ in measured]})
 
 
 if __name__ == "__main__":
