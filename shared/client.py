@@ -56,6 +56,9 @@ class GatewayClient:
     async def stop(self, run_id: str) -> dict:
         return await self._call("POST", f"/runs/{run_id}/stop")
 
+    async def resume(self, run_id: str) -> dict:
+        return await self._call("POST", f"/runs/{run_id}/resume")
+
     async def metrics(self, run_id: str, since: float = 0.0) -> list[dict]:
         return (await self._call("GET", f"/runs/{run_id}/metrics", params={"since": since}))["points"]
 

@@ -7,6 +7,7 @@ validates once and every service reads the same way.
 from __future__ import annotations
 
 import enum
+import os
 import time
 from typing import Literal, Optional
 
@@ -16,6 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MAX_ENVS_PER_ACTOR = 256
 MAX_UNROLL = 512
 MAX_BATCH_STEPS = 65_536
+# What one process may be asked to hold for a run (learner batches, one replay shard);
+# a config beyond it would not fit in memory and is a 422 naming the field.
+MAX_RUN_MEMORY_BYTES = int(float(os.environ.get("RL_MAX_RUN_MEMORY_GB", "32")) * 2**30)
+_ATARI_STEP_BYTES = 4 * 84 * 84 * 4  # a float32 4-stack, as the learner's model sees it
+_VECTOR_STEP_BYTES = 4096  # generous for any vector observation (CartPole: 16 bytes)
 
 
 class RunConfig(BaseModel):
@@ -61,6 +67,11 @@ class RunConfig(BaseModel):
     prefetch: bool = Field(True, description="parallel data loading: assemble batches ahead of the optimiser")
     prefetch_batches: int = Field(2, ge=1, le=64, description="batches assembled ahead of the optimiser")
     learner_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads in the learner on CPU")
+    # --- fault tolerance ----------------------------------------------------
+    checkpoint_interval_s: float = Field(30.0, ge=0.0, le=86_400.0, description="seconds between checkpoints (0: off)")
+    checkpoint_every_updates: int = Field(0, ge=0, le=10_000_000, description="updates between checkpoints (0: off)")
+    checkpoint_keep: int = Field(3, ge=1, le=100, description="newest checkpoints kept per run; older ones deleted")
+    heartbeat_timeout_s: float = Field(15.0, ge=2.0, le=3600.0, description="a running run whose heartbeat is older is requeued to resume")
     # --- stop conditions (any one ends the run) ---------------------------
     max_agent_steps: Optional[int] = Field(None, ge=1, description="stop after this many agent steps")
     max_seconds: Optional[float] = Field(None, gt=0.0, description="stop after this many seconds of training")
@@ -81,7 +92,19 @@ class RunConfig(BaseModel):
             raise ValueError("batch_size must be at least unroll_length (one env column)")
         if self.model in ("nature_cnn", "impala_resnet") and not self.env_id.startswith("ALE/"):
             raise ValueError(f"model {self.model!r} needs an image env (ALE/...)")
+        self._fits_in_memory()
         return self
+
+    def _fits_in_memory(self) -> None:
+        """Refuse sizes whose buffers would not fit in one process (rough upper estimate)."""
+        step = _ATARI_STEP_BYTES if self.env_id.startswith("ALE/") else _VECTOR_STEP_BYTES
+        held = (self.prefetch_batches + self.reuse + 2) * self.batch_columns * (self.unroll_length + 1) * step
+        gib = MAX_RUN_MEMORY_BYTES / 2**30
+        if held > MAX_RUN_MEMORY_BYTES:
+            raise ValueError(f"batch_size x (prefetch_batches + reuse) would hold about {held / 2**30:.0f} GiB "
+                             f"of observations in the learner, over the {gib:.0f} GiB limit")
+        if self.replay_capacity_mb * 2**20 > MAX_RUN_MEMORY_BYTES:
+            raise ValueError(f"replay_capacity_mb over the {gib:.0f} GiB per-process limit")
 
     @property
     def batch_columns(self) -> int:
@@ -113,3 +136,5 @@ class RunRecord(BaseModel):
     heartbeat: Optional[float] = None
     reason: Optional[str] = None
     checkpoint: Optional[str] = None
+    resume: bool = Field(False, description="the next learner continues from the newest checkpoint")
+    resumes: int = Field(0, description="times the run was resumed (lost learner or POST /resume)")

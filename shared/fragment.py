@@ -32,6 +32,7 @@ class Fragment:
     rewards: np.ndarray  # [T, N] float32 raw rewards
     dones: np.ndarray  # [T, N] uint8: obs[t+1] starts a new episode
     context: Optional[np.ndarray] = None  # [N, S-1, H, W] older frames of obs[0]'s stack
+    seq: int = 0  # per-actor fragment counter: gaps at the learner are messages lost in transit
 
     @property
     def num_steps(self) -> int:
@@ -54,7 +55,8 @@ def encode_fragment(f: Fragment) -> bytes:
     arrays = {"obs": f.obs, "actions": f.actions, "logits": f.logits, "rewards": f.rewards, "dones": f.dones}
     if f.context is not None:
         arrays["context"] = f.context
-    return wire.encode({"kind": "fragment", "run": f.run_id, "actor": f.actor_id, "version": f.version}, arrays)
+    return wire.encode({"kind": "fragment", "run": f.run_id, "actor": f.actor_id, "version": f.version,
+                        "seq": f.seq}, arrays)
 
 
 def expected_shapes(spec: EnvSpec, T: int, N: int) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -85,6 +87,9 @@ def check_header(data: bytes, run_id: str, spec: EnvSpec, T: int) -> dict:
         raise wire.WireError("bad actor id")
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise wire.WireError("bad version")
+    seq = meta.get("seq", 0)
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**53:
+        raise wire.WireError("bad sequence number")
     got = {s["name"]: (tuple(s["shape"]), s["dtype"]) for s in specs}
     if len(got) != len(specs) or "actions" not in got or len(got["actions"][0]) != 2:
         raise wire.WireError("bad array set")

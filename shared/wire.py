@@ -1,6 +1,9 @@
 """Wire format for arrays: a versioned JSON header plus lz4-compressed raw bytes.
 
-    b"RLW1" | u32 header length | header JSON | array bodies (concatenated)
+    b"RLW2" | u32 header length | u32 CRC-32 of the rest | header JSON | array bodies
+
+The CRC makes any bit flip or splice in transit a rejected message instead
+of a fragment of silently wrong numbers (lz4 blocks carry no checksum).
 
 Never pickle: the header names dtypes and shapes from an allow-list, every
 size is checked against limits *before* any allocation, and anything that
@@ -10,19 +13,20 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from typing import Any, Mapping
 
 import lz4.block
 import numpy as np
 
-MAGIC = b"RLW1"
-WIRE_VERSION = 1
+MAGIC = b"RLW2"
+WIRE_VERSION = 2
 MAX_HEADER_BYTES = 64 * 1024
 MAX_RAW_BYTES = 256 * 1024 * 1024  # weights of a large model, a big fragment
 MAX_ARRAYS = 256
 MAX_NDIM = 6
 DTYPES = {"uint8", "int8", "int32", "int64", "float16", "float32", "float64", "bool"}
-_PREFIX = struct.Struct("<4sI")
+_PREFIX = struct.Struct("<4sII")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.")
 
 
@@ -43,18 +47,26 @@ def encode(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], level: int
         specs.append({"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape), "csize": len(body)})
         bodies.append(body)
     header = json.dumps({"v": WIRE_VERSION, "meta": dict(meta), "arrays": specs}, separators=(",", ":")).encode()
-    return b"".join([_PREFIX.pack(MAGIC, len(header)), header, *bodies])
+    return frame(header, b"".join(bodies))
+
+
+def frame(header: bytes, body: bytes) -> bytes:
+    """Prefix (magic, header length, CRC-32 over header and body) + header + body."""
+    crc = zlib.crc32(body, zlib.crc32(header))
+    return b"".join([_PREFIX.pack(MAGIC, len(header), crc), header, body])
 
 
 def decode_header(data: bytes) -> tuple[dict, list[dict], int]:
     """Parse and check the header only (cheap): (meta, array specs, body offset)."""
     if len(data) < _PREFIX.size:
         raise WireError("truncated prefix")
-    magic, hlen = _PREFIX.unpack_from(data)
+    magic, hlen, crc = _PREFIX.unpack_from(data)
     if magic != MAGIC:
-        raise WireError("bad magic")
+        raise WireError("bad magic (or another wire version)")
     if hlen > MAX_HEADER_BYTES or _PREFIX.size + hlen > len(data):
         raise WireError("bad header length")
+    if zlib.crc32(memoryview(data)[_PREFIX.size:]) != crc:
+        raise WireError("checksum mismatch: corrupt or truncated")
     try:
         header = json.loads(data[_PREFIX.size:_PREFIX.size + hlen])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

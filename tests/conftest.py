@@ -6,6 +6,8 @@ import pytest
 from services.launcher.stack import Stack
 from shared import bus
 
+from helpers import started_stack
+
 
 @pytest.fixture
 def nats_stack(tmp_path):
@@ -26,7 +28,5 @@ async def nc(nats_stack):
 @pytest.fixture(scope="module")
 def full_stack(tmp_path_factory):
     """nats-server, gateway, learner, replay shard and two actors, each its own process."""
-    stack = Stack(tmp_path_factory.mktemp("full"))
-    stack.start_all(actors=2)
-    yield stack
-    stack.close()
+    with started_stack(tmp_path_factory, "full", actors=2) as stack:
+        yield stack

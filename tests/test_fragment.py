@@ -67,3 +67,14 @@ def test_stack_rebuild_equals_the_envs_own_stacks():
         rebuilt = rebuild_stacks(torch.from_numpy(stacks[:, :, -1].copy()), torch.from_numpy(stacks[0, :, :-1].copy()),
                                  torch.from_numpy(dones[start:]))
         assert np.array_equal(rebuilt.numpy(), stacks)
+
+
+def test_sequence_gaps_count_lost_fragments_with_bounded_memory():
+    from services.learner.progress import SequenceGaps
+
+    gaps = SequenceGaps(max_actors=2)
+    assert [gaps.observe("a", s) for s in (1, 2, 5, 6)] == [0, 0, 2, 0]
+    assert gaps.observe("a", 3) == 0  # late or reordered: not counted twice, never negative
+    assert gaps.observe("b", 10) == 0  # first sight of an actor: no history, nothing lost
+    gaps.observe("c", 1)
+    assert len(gaps.last) == 2 and "a" not in gaps.last  # least recently seen forgotten

@@ -46,6 +46,7 @@ class Rollout:
         self.ep_length = np.zeros(n, np.int64)
         self.finished: list[tuple[float, int]] = []
         self.gen = torch.Generator().manual_seed(seed)
+        self.seq = 0  # fragments made so far; the learner counts gaps as lost in transit
 
     @torch.inference_mode()
     def __call__(self) -> tuple[bytes, int]:
@@ -76,8 +77,9 @@ class Rollout:
                 self.finished.append((float(self.ep_return[i]), int(self.ep_length[i])))
                 self.ep_return[i], self.ep_length[i] = 0.0, 0
         obs_rows[T] = self.obs[:, -1] if stacked else self.obs
+        self.seq += 1
         frag = Fragment(self.run_id, self.actor_id, max(self.version, 0), obs_rows, actions, logits_buf,
-                        rewards, dones, context)
+                        rewards, dones, context, seq=self.seq)
         return encode_fragment(frag), T * N
 
     def close(self) -> None:
@@ -133,7 +135,7 @@ class Actor:
         fetcher = asyncio.create_task(latest.run())
         active = asyncio.Event()
         active.set()
-        watcher = asyncio.create_task(self._watch_state(run_id, active, stop))
+        watcher = asyncio.create_task(self._watch_state(run_id, rec.learner_id, active, stop))
         log.info("actor %d joins run %s as %s", self.index, run_id, actor_id)
         steps, last_stats, t_start = 0, 0.0, time.time()
         used: collections.deque[int] = collections.deque(maxlen=cfg.actor_lead)  # versions of recent fragments
@@ -181,11 +183,14 @@ class Actor:
         except Exception:
             self.counters.inc("publish_failed")
 
-    async def _watch_state(self, run_id: str, active: asyncio.Event, stop: asyncio.Event) -> None:
+    async def _watch_state(self, run_id: str, learner_id: Optional[str], active: asyncio.Event,
+                           stop: asyncio.Event) -> None:
+        """Leave when the run stops running or changes learner (a resumed run counts
+        steps afresh per actor join, so the new learner never double counts ours)."""
         while not stop.is_set():
             try:
                 got = await runs.read(self.assets.runs, run_id)
-                if got is None or got[0].state != RunState.running:
+                if got is None or got[0].state != RunState.running or got[0].learner_id != learner_id:
                     active.clear()
                     return
             except Exception:
@@ -207,7 +212,7 @@ class WeightsFeed:
     async def on_notice(self, msg) -> None:
         try:
             _, self.backlog = weights.parse_notice(msg.data)
-        except ValueError:
+        except (ValueError, RecursionError):  # deeply nested JSON recurses
             self.actor.counters.inc("rejected_notices")
             return
         self.notice.set()

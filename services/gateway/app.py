@@ -1,12 +1,15 @@
 """Gateway: the REST API over the run records (KV) and the metrics stream.
 
 POST /runs validates a RunConfig (422 names the field), writes a pending
-record; a learner claims it. Mutating calls need a bearer token when one is
-configured (RL_API_TOKEN).
+record; a learner claims it. Every mutating call needs the bearer token
+(RL_API_TOKEN, or one generated and printed at start). A background watch
+requeues runs whose learner stopped heart-beating, to resume.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import time
@@ -14,6 +17,7 @@ import uuid
 from typing import Any, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.gateway.metrics_cache import MetricsCache
@@ -21,6 +25,28 @@ from shared import bus, runs
 from shared.config import ACTIVE_STATES, RunConfig, RunRecord, RunState
 
 API_TOKEN_ENV = "RL_API_TOKEN"
+WATCH_S = 2.0
+MAX_BODY_BYTES = 64 * 1024  # a run config is ~2 KB; anything far larger is refused unread
+log = logging.getLogger("gateway")
+
+
+def api_token_from_env() -> str:
+    """RL_API_TOKEN, or a fresh random one printed once: the gateway never runs open."""
+    token = os.environ.get(API_TOKEN_ENV)
+    if not token:
+        token = secrets.token_urlsafe(24)
+        print(f"gateway: {API_TOKEN_ENV} not set; generated API token: {token}", flush=True)
+    return token
+
+
+async def watch_lost_runs(kv, counters: dict) -> None:
+    """Mark runs whose learner stopped heart-beating (requeued to resume), even
+    when no idle learner is around to notice."""
+    watch = runs.LostRunWatch(kv, counters)
+    while True:
+        for run_id in await watch.sweep():
+            log.warning("run %s lost its learner; requeued to resume", run_id)
+        await asyncio.sleep(WATCH_S)
 
 
 class RunView(BaseModel):
@@ -35,6 +61,8 @@ class RunView(BaseModel):
     heartbeat: Optional[float] = None
     reason: Optional[str] = None
     checkpoint: Optional[str] = None
+    resume: bool = False
+    resumes: int = 0
     agent_steps: int = 0
     steps_per_s: float = 0.0
     mean_return: Optional[float] = None
@@ -52,7 +80,7 @@ class RunView(BaseModel):
 
 
 def create_app(nats_url: Optional[str] = None, api_token: Optional[str] = None) -> FastAPI:
-    token = api_token if api_token is not None else os.environ.get(API_TOKEN_ENV) or None
+    token = api_token if api_token is not None else api_token_from_env()
     state: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
@@ -63,11 +91,21 @@ def create_app(nats_url: Optional[str] = None, api_token: Optional[str] = None) 
         cache = MetricsCache()
         await cache.start(assets.js)
         state.update(nc=nc, assets=assets, cache=cache, counters=counters)
+        watcher = asyncio.create_task(watch_lost_runs(assets.runs, counters))
         yield
+        watcher.cancel()
         await nc.drain()
 
     app = FastAPI(title="Distributed IMPALA trainer", version="0.1.0", lifespan=lifespan,
                   description="Start, stop and inspect training runs.")
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        """Refuse bodies that claim to be large before reading them (no unbounded allocation)."""
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse({"detail": f"body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
+        return await call_next(request)
 
     def require_token(request: Request) -> None:
         if token is None:
@@ -127,6 +165,17 @@ def create_app(nats_url: Optional[str] = None, api_token: Optional[str] = None) 
             except runs.TransitionRefused:
                 rec = await get_record(run_id)  # already stopping or just ended
         return view(rec)
+
+    @app.post("/runs/{run_id}/resume", response_model=RunView, dependencies=[Depends(require_token)])
+    async def resume_run(run_id: str) -> RunView:
+        """A stopped or failed run goes back to pending; a learner continues it from its newest checkpoint."""
+        await get_record(run_id)
+        try:
+            return view(await runs.request_resume(state["assets"].runs, run_id))
+        except runs.TransitionRefused as e:
+            raise HTTPException(409, f"cannot resume: {e}")
+        except KeyError:
+            raise HTTPException(404, f"unknown run {run_id!r}")
 
     @app.get("/runs/{run_id}/metrics")
     async def run_metrics(run_id: str, since: float = 0.0) -> dict:

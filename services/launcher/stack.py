@@ -23,11 +23,12 @@ from shared.service import die_with_parent, free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_port(port: int, timeout: float = 20.0) -> None:
+def wait_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+            s.settimeout(2.0)
+            if s.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on port {port}")
@@ -44,7 +45,10 @@ def nats_server_binary() -> str:
 class Stack:
     """Start with `start_nats()`, then `start(service, *args)`; `close()` ends all."""
 
-    def __init__(self, run_dir: str | Path, quiet: bool = True):
+    def __init__(self, run_dir: str | Path, quiet: bool = True, host: str = "127.0.0.1",
+                 nats_bind: str = "127.0.0.1", netns: Optional[str] = None):
+        """host: where NATS and the gateway are reached; nats_bind: nats-server's listen
+        address (loopback by default); netns: network namespace the core services run in."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logs = self.run_dir / "logs"
@@ -55,21 +59,29 @@ class Stack:
         self.api_token = secrets.token_hex(16)
         self.nats_port: Optional[int] = None
         self.gateway_port: Optional[int] = None
+        self.host, self.nats_bind, self.netns = host, nats_bind, netns
 
     @property
     def nats_url(self) -> str:
-        return f"nats://{self.nats_token}@127.0.0.1:{self.nats_port}"
+        return self.nats_url_at(self.host)
+
+    def nats_url_at(self, host: str) -> str:
+        """The NATS URL (with its token) as seen from another address, e.g. another namespace."""
+        return f"nats://{self.nats_token}@{host}:{self.nats_port}"
 
     @property
     def gateway_url(self) -> str:
-        return f"http://127.0.0.1:{self.gateway_port}"
+        return f"http://{self.host}:{self.gateway_port}"
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ, RL_NATS_URL=self.nats_url, RL_API_TOKEN=self.api_token, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         return env
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, cmd: list[str], netns: Optional[str] = None) -> subprocess.Popen:
+        netns = netns or self.netns
+        if netns:  # `ip netns exec` execs the command: the pid is the service's own
+            cmd = ["ip", "netns", "exec", netns, *cmd]
         out = open(self.logs / f"{name}.log", "ab")
         # Own session: Ctrl-C reaches only the launcher, which stops services in order.
         # Parent-death signal: if the launcher itself is killed, nothing is left behind.
@@ -81,16 +93,22 @@ class Stack:
     def start_nats(self, port: Optional[int] = None) -> None:
         """(Re)start nats-server; a restart keeps the port and the JetStream data."""
         self.nats_port = port or self.nats_port or free_port()
-        self._spawn("nats", [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.nats_port), "-js",
+        self._spawn("nats", [nats_server_binary(), "-a", self.nats_bind, "-p", str(self.nats_port), "-js",
                              "-sd", str(self.run_dir / "nats"), "--auth", self.nats_token])
-        wait_port(self.nats_port)
+        wait_port(self.nats_port, host=self.host)
 
-    def start(self, service: str, *args: str, name: Optional[str] = None) -> subprocess.Popen:
-        """Start `python -m services.<service> args...` as its own process."""
+    def start(self, service: str, *args: str, name: Optional[str] = None,
+              netns: Optional[str] = None) -> subprocess.Popen:
+        """Start `python -m services.<service> args...` as its own process (in `netns` if given)."""
         if service == "gateway" and "--port" not in args:
             self.gateway_port = free_port()
-            args = (*args, "--port", str(self.gateway_port))
-        return self._spawn(name or service, [sys.executable, "-m", f"services.{service}", *args])
+            args = (*args, "--host", self.host, "--port", str(self.gateway_port))
+        return self._spawn(name or service, self.service_cmd(service, *args), netns)
+
+    @staticmethod
+    def service_cmd(service: str, *args: str) -> list[str]:
+        """The command line of one service (to wrap, e.g. in `nice`)."""
+        return [sys.executable, "-m", f"services.{service}", *args]
 
     def start_all(self, actors: int, learner_args: tuple[str, ...] = ()) -> None:
         self.start_nats()
@@ -99,7 +117,7 @@ class Stack:
         self.start("replay")
         for i in range(actors):
             self.start("actor", "--index", str(i), name=f"actor-{i}")
-        wait_port(self.gateway_port, timeout=60)
+        wait_port(self.gateway_port, timeout=60, host=self.host)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(name)

@@ -19,9 +19,9 @@ from typing import Optional
 
 import torch
 
-from services.learner import distributed
+from services.learner import checkpoints, distributed
 from services.learner.prefetch import Prefetcher, replay_fetcher
-from services.learner.progress import Progress
+from services.learner.progress import Progress, SequenceGaps
 from services.learner.trainer import Trainer
 from shared import bus, runs, weights, wiring
 from shared.config import RunRecord, RunState
@@ -49,7 +49,9 @@ class Learner:
         self.nc = await bus.connect(self.nats_url, "learner", self.counters)
         self.assets = await bus.ensure_assets(self.nc)
         log.info("learner %s ready on %s", self.learner_id, ", ".join(self.devices))
+        watch = runs.LostRunWatch(self.assets.runs, self.counters)
         while not stop.is_set():
+            await watch.sweep()  # an idle learner notices runs whose learner died, and may take them over
             rec = await self._claim()
             if rec is None:
                 try:
@@ -63,7 +65,8 @@ class Learner:
             except Exception as e:
                 log.exception("run %s failed", rec.id)
                 await _quietly(runs.transition(self.assets.runs, rec.id, {RunState.running, RunState.stopping},
-                                               RunState.failed, reason=f"learner error: {e}"[:500]))
+                                               RunState.failed, owner=self.learner_id,
+                                               reason=f"learner error: {e}"[:500]))
         await self.nc.drain()
 
     async def _claim(self) -> Optional[RunRecord]:
@@ -110,22 +113,29 @@ class RunSession:
         self.prefetch: Optional[Prefetcher] = None
         self.last_publish = 0.0
         self.series_prev = (self.t0, 0, 0)
+        self.ckpt_dir = checkpoints.CheckpointDir(learner.checkpoint_dir, self.run_id, self.cfg.checkpoint_keep)
+        self.ckpt_clock = checkpoints.CheckpointClock(self.cfg.checkpoint_interval_s, self.cfg.checkpoint_every_updates)
+        self.last_checkpoint: Optional[str] = rec.checkpoint
 
     # ------------------------------------------------------------------ main
     async def train(self, stop: asyncio.Event) -> None:
         cfg, devices = self.cfg, self.learner.devices
         log.info("run %s: %s on %s, devices %s", self.run_id, cfg.algorithm, cfg.env_id, devices)
         loop = asyncio.get_running_loop()
+        if self.rec.resume:
+            await checkpoints.resume(self, self.learner.checkpoint_dir)
+            self.ckpt_clock.mark(self.trainer.updates)
         followers = []
         if len(devices) > 1:
             port = free_port()
             followers = distributed.spawn_followers(self.run_id, devices, port, self.learner.log_dir)
             await loop.run_in_executor(self.train_pool, self._join_group, port, len(devices))
         await self._publish_weights()
-        prefetch = self.prefetch = Prefetcher(cfg, self.spec, self.run_id, self.learner.device, lambda: self.version,
-                              self.counters, replay_fetcher(self.nc, self.run_id, self.counters)
-                              if cfg.replay_proportion > 0 else None,
-                              columns=-(-cfg.batch_columns // len(devices)))
+        # Sequence gaps are only meaningful when this rank sees every fragment of each actor.
+        prefetch = self.prefetch = Prefetcher(
+            cfg, self.spec, self.run_id, self.learner.device, lambda: self.version, self.counters,
+            replay_fetcher(self.nc, self.run_id, self.counters) if cfg.replay_proportion > 0 else None,
+            columns=-(-cfg.batch_columns // len(devices)), gaps=SequenceGaps() if len(devices) == 1 else None)
 
         async def on_stats(msg) -> None:
             self.progress.on_stats(msg.data, self.counters)
@@ -150,6 +160,8 @@ class RunSession:
                 stats = await loop.run_in_executor(self.train_pool, self.trainer.step, batch)
                 self.train_time += time.perf_counter() - t
                 self._account(stats)
+                if self.ckpt_clock.due(self.trainer.updates):
+                    await self._checkpoint()
                 if time.time() - self.last_publish >= cfg.publish_interval and (
                         self.publishing is None or self.publishing.done()):
                     self.last_publish = time.time()
@@ -204,10 +216,11 @@ class RunSession:
                 break
             try:
                 rec = await runs.transition(self.assets.runs, self.run_id, {RunState.running}, None,
-                                            heartbeat=time.time())
+                                            owner=self.learner.learner_id, heartbeat=time.time(),
+                                            checkpoint=self.last_checkpoint)
                 self.rec = rec
-            except runs.TransitionRefused:
-                self.stop_reason, self.final_state = "stop requested", RunState.stopped
+            except runs.TransitionRefused as e:  # stop requested, or the run was taken over
+                self.stop_reason, self.final_state = f"stop requested ({e})", RunState.stopped
                 break
             except Exception as e:
                 log.debug("heartbeat failed: %s", e)
@@ -235,7 +248,7 @@ class RunSession:
             "mean_length": (sum(self.progress.lengths) / len(self.progress.lengths)) if self.progress.lengths else None,
             "policy_lag": self.last_lag, "data_wait_frac": self.data_wait / busy if busy else None,
             "wire_bytes_per_step": self.counters.get("fresh_bytes", 0) / steps if steps else None,
-            "losses": self.last_losses, "counters": dict(self.counters),
+            "losses": self.last_losses, "counters": {**self.learner.counters, **self.counters},
             "actors": len(self.progress.actor_steps), "solved": self.progress.solved,
         }
 
@@ -259,28 +272,28 @@ class RunSession:
     # ------------------------------------------------------------------ end
     async def _finish(self) -> None:
         log.info("run %s ends: %s", self.run_id, self.stop_reason)
-        path = await asyncio.get_running_loop().run_in_executor(self.train_pool, self.save_checkpoint)
+        path = await self._checkpoint()
         point = self.metrics_point()
         point["final"] = True
         await self._publish_metrics(point)
         try:
             await runs.transition(self.assets.runs, self.run_id, {RunState.running, RunState.stopping},
-                                  self.final_state, reason=self.stop_reason, checkpoint=str(path))
+                                  self.final_state, owner=self.learner.learner_id, reason=self.stop_reason,
+                                  checkpoint=str(path), resume=False)
         except (runs.TransitionRefused, KeyError) as e:
             log.warning("could not record the end of run %s: %s", self.run_id, e)
 
-    def save_checkpoint(self) -> Path:
-        """Atomic write (temp file + rename); loads with torch.load(weights_only=True)."""
-        d = self.learner.checkpoint_dir / self.run_id
-        d.mkdir(parents=True, exist_ok=True)
-        state = self.trainer.state() | {
-            "config": self.cfg.model_dump(mode="json"), "agent_steps": self.progress.agent_steps,
-            "episodes": self.progress.episodes, "version": self.version}
-        path = d / f"ckpt_{self.trainer.updates:09d}.pt"
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+    async def _checkpoint(self) -> Path:
+        """Periodic and final checkpoints (services/learner/checkpoints.py), in the
+        training thread so the state is consistent; loads with weights_only=True."""
+        path = await asyncio.get_running_loop().run_in_executor(self.train_pool, self.save_checkpoint)
+        self.ckpt_clock.mark(self.trainer.updates)
+        self.last_checkpoint = str(path)
+        self.counters.inc("checkpoints")
         return path
+
+    def save_checkpoint(self) -> Path:
+        return self.ckpt_dir.save(checkpoints.snapshot(self), self.trainer.updates)
 
 
 async def _quietly(coro) -> None:

@@ -20,11 +20,11 @@ from typing import Awaitable, Callable, Optional
 
 import torch
 
-
+from services.learner.progress import SequenceGaps
 from shared import wire, wiring
 from shared.config import RunConfig
 from shared.envs import EnvSpec
-from shared.fragment import Fragment, collate, decode_fragment
+from shared.fragment import Fragment, check_header, collate, decode_fragment
 from shared.service import Counters
 
 log = logging.getLogger("learner.prefetch")
@@ -36,7 +36,7 @@ class Prefetcher:
     def __init__(self, cfg: RunConfig, spec: EnvSpec, run_id: str, device: torch.device,
                  version: Callable[[], int], counters: Counters, replay: Optional[ReplayFetch] = None,
                  pool: Optional[concurrent.futures.Executor] = None, fresh_capacity: Optional[int] = None,
-                 columns: Optional[int] = None):
+                 columns: Optional[int] = None, gaps: Optional[SequenceGaps] = None):
         self.cfg, self.spec, self.run_id, self.device = cfg, spec, run_id, device
         self.version, self.counters, self.replay = version, counters, replay
         self.pool = pool or concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="decode")
@@ -46,11 +46,21 @@ class Prefetcher:
         self.fresh_capacity = fresh_capacity or max(8, 4 * per_batch)
         self.arrived = asyncio.Event()
         self.leftover: Optional[Fragment] = None  # the unused columns of the last fresh fragment
+        self.gaps = gaps  # per-actor sequence numbers: messages lost in transit
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=cfg.prefetch_batches)
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def offer(self, data: bytes) -> None:
-        """Called for every fresh fragment; never blocks, never grows without bound."""
+        """Called for every fresh fragment; never blocks, never grows without bound.
+        The cheap header + checksum check comes first, so every bad message is counted
+        exactly once and none is queued."""
+        try:
+            meta = check_header(data, self.run_id, self.spec, self.cfg.unroll_length)
+        except wire.WireError:
+            self.counters.inc("rejected")
+            return
+        if self.gaps is not None and (lost := self.gaps.observe(meta["actor"], meta.get("seq", 0))):
+            self.counters.inc("lost_in_transit", lost)
         self.counters.inc("fresh_fragments")
         self.counters.inc("fresh_bytes", len(data))
         if len(self.fresh) >= self.fresh_capacity:

@@ -48,7 +48,7 @@ class Progress:
             parsed = [(float(r), int(n)) for r, n in episodes]
             if not all(math.isfinite(r) for r, _ in parsed):
                 raise ValueError("non-finite return")
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # deeply nested JSON recurses
             counters.inc("rejected_stats")
             return
         self.actor_steps[actor] = max(steps, self.actor_steps.get(actor, 0))
@@ -65,3 +65,21 @@ class Progress:
         if self.solved is None:
             self.solved = {"agent_steps": self.agent_steps, "seconds": elapsed, "time": time.time()}
         return True
+
+
+class SequenceGaps:
+    """Counts fragments lost in transit (e.g. while nats-server restarts) from gaps
+    in each actor's sequence numbers. Remembers at most `max_actors` actors (least
+    recently seen forgotten), so forged actor ids cannot grow it without bound."""
+
+    def __init__(self, max_actors: int = 4096):
+        self.last: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.max_actors = max_actors
+
+    def observe(self, actor: str, seq: int) -> int:
+        """Record one arrival; returns how many fragments of this actor went missing before it."""
+        prev = self.last.pop(actor, None)
+        self.last[actor] = max(seq, prev or 0)
+        if len(self.last) > self.max_actors:
+            self.last.popitem(last=False)
+        return max(0, seq - prev - 1) if prev is not None else 0
