@@ -83,6 +83,7 @@ def main() -> None:
         stack.start_all(actors=config["num_actors"])
         print(f"nats {stack.nats_url.split('@')[-1]} | gateway {stack.gateway_url} (docs at /docs) | "
               f"API token {stack.api_token}", flush=True)
+        print(f"dashboard {stack.dashboard_url} | TensorBoard: tensorboard --logdir {stack.tb_dir}", flush=True)
         final = asyncio.run(follow(stack, config, args.timeout))
     except KeyboardInterrupt:
         print("interrupted", flush=True)

@@ -108,6 +108,7 @@ class RunSession:
         self.publishing: Optional[asyncio.Task] = None
         self.last_publish = 0.0
         self.series_prev = (self.t0, 0, 0)
+        self.prefetch: Optional[Prefetcher] = None
 
     # ------------------------------------------------------------------ main
     async def train(self, stop: asyncio.Event) -> None:
@@ -116,6 +117,7 @@ class RunSession:
         await self._publish_weights()
         prefetch = Prefetcher(cfg, self.spec, self.run_id, self.learner.device, lambda: self.version,
                               self.counters, self._replay_fetch if cfg.replay_proportion > 0 else None)
+        self.prefetch = prefetch
 
         async def on_traj(msg) -> None:
             prefetch.offer(msg.data)
@@ -219,6 +221,8 @@ class RunSession:
             "policy_lag": self.last_lag, "data_wait_frac": self.data_wait / busy if busy else None,
             "losses": self.last_losses, "counters": dict(self.counters),
             "actors": len(self.progress.actor_steps), "solved": self.progress.solved,
+            "queues": ({"fresh": len(self.prefetch.fresh), "batches": self.prefetch.queue.qsize()}
+                       if self.prefetch is not None else {}),
         }
 
     async def _publish_metrics(self, point: Optional[dict] = None) -> None:
