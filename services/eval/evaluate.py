@@ -97,18 +97,21 @@ def play_recorded(env_id: str, policy: Policy, seed: int) -> tuple[list[np.ndarr
 
 
 def write_gif(frames: list[np.ndarray], path: Path, max_side: int = 320) -> int:
-    """Frames to an animated GIF (Pillow), shrunk so the longer side is at most max_side."""
-    from PIL import Image
+    """Frames to an animated GIF (Pillow), the longer side scaled to max_side, each
+    stamped with its index: a viewer sees the step, and no two consecutive frames
+    are identical (Pillow merges identical ones, which would lose frames)."""
+    from PIL import Image, ImageDraw
 
-    images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
-    w, h = images[0].size
-    scale = min(1.0, max_side / max(w, h))
-    if scale < 1.0:
-        images = [im.resize((max(1, int(w * scale)), max(1, int(h * scale)))) for im in images]
+    first = Image.fromarray(np.ascontiguousarray(frames[0]))
+    scale = max_side / max(first.size)
+    size = (max(1, round(first.size[0] * scale)), max(1, round(first.size[1] * scale)))
+    images = []
+    for i, f in enumerate(frames):
+        im = Image.fromarray(np.ascontiguousarray(f)).convert("RGB").resize(size)
+        ImageDraw.Draw(im).text((4, 2), f"step {i}", fill=(200, 0, 0))
+        images.append(im)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # optimize=False and a per-frame duration keep every frame, even two identical ones.
-    images[0].save(path, save_all=True, append_images=images[1:], duration=GIF_FRAME_MS, loop=0,
-                   optimize=False, disposal=1)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=GIF_FRAME_MS, loop=0)
     return len(images)
 
 

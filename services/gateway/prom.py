@@ -72,13 +72,10 @@ class CacheCollector:
                 sources[shard] = rp.get("counters") or {}
                 if _number(rp.get("fragments")):
                     queue.add_metric([run_id, shard, "store"], float(rp["fragments"]))
-            for service, c in sources.items():
-                for key in DROPPED_KEYS:
-                    if _number(c.get(key)):
-                        dropped.add_metric([run_id, service, key], float(c[key]))
-                for key in REJECTED_KEYS:
-                    if _number(c.get(key)):
-                        rejected.add_metric([run_id, service, key], float(c[key]))
+            for service, c in sources.items():  # every reason, 0 until it happens: rates need a start
+                for fam, keys in ((dropped, DROPPED_KEYS), (rejected, REJECTED_KEYS)):
+                    for key in keys:
+                        fam.add_metric([run_id, service, key], float(c[key]) if _number(c.get(key)) else 0.0)
         gw = GaugeMetricFamily(f"{PREFIX}_gateway_events", "the gateway's own event counts", labels=["event"])
         for event, value in self.gateway_counters().items():
             if _number(value):
