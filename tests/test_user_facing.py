@@ -173,7 +173,7 @@ def browser(tmp_path):
     opts.binary_location = binary
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--window-size=1400,1250", f"--user-data-dir={tmp_path / 'profile'}"):
+                "--no-first-run", "--window-size=1400,1900", f"--user-data-dir={tmp_path / 'profile'}"):
         opts.add_argument(arg)
     d = webdriver.Chrome(service=Service(driver, log_output=str(tmp_path / "chromedriver.log")), options=opts)
     d.set_page_load_timeout(60)
@@ -191,6 +191,16 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def text(driver, css: str) -> str:
+    """An element's text, read in one script call: the pages re-render rows while we look."""
+    return driver.execute_script("const e = document.querySelector(arguments[0]); return e ? e.textContent : ''", css)
+
+
+def data_points(driver, canvas_id: str) -> int:
+    """How many points a chart drew (chart.js records it on the canvas)."""
+    return int(driver.execute_script("return document.getElementById(arguments[0]).dataset.points || '0'", canvas_id))
+
+
 def shot(driver, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / name
@@ -203,29 +213,29 @@ def test_dashboard_start_watch_stop(stack, solved, browser):
 
     d = browser
     d.get(stack.dashboard_url)  # ?token= is stored in localStorage, then dropped from the address
-    wait_for(lambda: solved["id"] in d.find_element(By.ID, "runs").text, 60, "the runs table")
-    row = d.find_element(By.CSS_SELECTOR, f'tr[data-run="{solved["id"]}"]').text
+    row = wait_for(lambda: text(d, f'tr[data-run="{solved["id"]}"]'), 60, "the runs table")
     assert "finished" in row and "CartPole-v1" in row
-    assert d.find_element(By.ID, "env_id").get_attribute("value") == "CartPole-v1"  # the preset fills the form
+    wait_for(lambda: "num_envs" in d.execute_script("return document.getElementById('extra').value"), 30,
+             "the preset to fill the form")
+    assert d.find_element(By.ID, "env_id").get_attribute("value") == "CartPole-v1"
     d.find_element(By.ID, "target_return").clear()  # run until stopped
     d.find_element(By.ID, "start-button").click()
     wait_for(lambda: "/run/run-" in d.current_url, 30, "the new run's page")
     run_id = d.current_url.rsplit("/", 1)[1]
-    canvas = d.find_element(By.ID, "return-steps")
-    grew = [int(canvas.get_attribute("data-points") or 0)]
+    grew = [data_points(d, "return-steps")]
 
     def growing() -> bool:
-        grew.append(int(canvas.get_attribute("data-points") or 0))
+        grew.append(data_points(d, "return-steps"))
         return grew[-1] >= 5 and grew[-1] > min(grew)
 
     wait_for(growing, 180, "the learning curve to grow")
-    assert d.find_element(By.ID, "state").text == "running"
+    assert text(d, "#state") == "running"
     d.find_element(By.ID, "stop").click()
-    wait_for(lambda: d.find_element(By.ID, "state").text == "stopped", 120, "the run to stop")
+    wait_for(lambda: text(d, "#state") == "stopped", 120, "the run to stop")
     shot(d, "dashboard-stopped-run.png")
     d.find_element(By.ID, "resume").click()  # issue 4's endpoint: whatever it answers is shown
     wait_for(lambda: d.find_element(By.ID, "error").is_displayed() or
-             d.find_element(By.ID, "state").text != "stopped", 30, "the resume answer")
+             text(d, "#state") != "stopped", 30, "the resume answer")
 
     async def state() -> str:
         async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
@@ -237,19 +247,17 @@ def test_dashboard_start_watch_stop(stack, solved, browser):
 
     # The solved run's page: the curves of a whole run, and an evaluation with its GIF.
     d.get(f"{stack.gateway_url}/run/{solved['id']}")
-    wait_for(lambda: int(d.find_element(By.ID, "return-steps").get_attribute("data-points") or 0) > 10, 60,
-             "the solved run's curve")
+    wait_for(lambda: data_points(d, "return-steps") > 10, 60, "the solved run's curve")
     d.find_element(By.ID, "eval-episodes").clear()
     d.find_element(By.ID, "eval-episodes").send_keys("5")
     d.find_element(By.ID, "eval").click()
-    wait_for(lambda: d.find_elements(By.CSS_SELECTOR, '.eval[data-state="done"] img'), 300, "the eval result")
-    mean = float(d.find_element(By.CSS_SELECTOR, '.eval[data-state="done"] .eval-mean').text.replace(",", ""))
+    mean = wait_for(lambda: text(d, '.eval[data-state="done"] .eval-mean'), 300, "the eval result")
+    mean = float(mean.replace(",", ""))
     assert mean >= 475
     wait_for(lambda: d.execute_script("return document.querySelector('.eval img').naturalWidth") > 0, 30,
              "the GIF to load")
     d.execute_script("window.scrollTo(0, 0)")
     shot(d, "run-page.png")
     d.get(stack.gateway_url + "/")
-    wait_for(lambda: int(d.find_element(By.ID, "overview").get_attribute("data-points") or 0) > 0, 60,
-             "the overview chart")
+    wait_for(lambda: data_points(d, "overview") > 0, 60, "the overview chart")
     shot(d, "dashboard.png")

@@ -30,7 +30,7 @@ function drawChart(canvas, series, opts) {
   const ctx = canvas.getContext("2d");
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, w, h);
-  const pad = {l: 56, r: 12, t: 24, b: 36};
+  const pad = {l: 56, r: 28, t: 24, b: 36};
   const pts = series.flatMap(s => s.points).filter(p => Number.isFinite(p[0]) && Number.isFinite(p[1]));
   canvas.dataset.points = String(pts.length);
   ctx.font = "12px sans-serif";
@@ -64,9 +64,9 @@ function drawChart(canvas, series, opts) {
     ctx.strokeStyle = color; ctx.lineWidth = 1.8; ctx.beginPath();
     p.forEach((q, j) => (j ? ctx.lineTo(X(q[0]), Y(q[1])) : ctx.moveTo(X(q[0]), Y(q[1]))));
     ctx.stroke();
-    if (series.length > 1) {
+    if (series.length > 1 || opts.legend) {
       ctx.fillStyle = color;
-      ctx.fillText(s.name, w - pad.r - 120, pad.t + 12 + 14 * i);
+      ctx.fillText(s.name, w - pad.r - 210, pad.t + 12 + 14 * i);
     }
   });
 }
