@@ -201,6 +201,11 @@ def data_points(driver, canvas_id: str) -> int:
     return int(driver.execute_script("return document.getElementById(arguments[0]).dataset.points || '0'", canvas_id))
 
 
+async def evals(stack: Stack, run_id: str) -> list[dict]:
+    async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
+        return await gw.evals(run_id)
+
+
 def shot(driver, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / name
@@ -250,12 +255,15 @@ def test_dashboard_start_watch_stop(stack, solved, browser):
     wait_for(lambda: data_points(d, "return-steps") > 10, 60, "the solved run's curve")
     d.find_element(By.ID, "eval-episodes").clear()
     d.find_element(By.ID, "eval-episodes").send_keys("5")
+    jobs_before = len(asyncio.run(evals(stack, solved["id"])))
     d.find_element(By.ID, "eval").click()
-    mean = wait_for(lambda: text(d, '.eval[data-state="done"] .eval-mean'), 300, "the eval result")
-    mean = float(mean.replace(",", ""))
-    assert mean >= 475
-    wait_for(lambda: d.execute_script("return document.querySelector('.eval img').naturalWidth") > 0, 30,
-             "the GIF to load")
+    newest = '#evals .eval:first-child[data-state="done"]'  # the page lists the newest job first
+    count = "return document.querySelectorAll('#evals .eval').length"
+    mean = wait_for(lambda: d.execute_script(count) == jobs_before + 1 and text(d, newest + " .eval-mean"), 300,
+                    "the eval result")
+    assert float(mean.replace(",", "")) >= 475 and "5 greedy episodes" in text(d, newest)
+    gif_width = "return document.querySelector('#evals .eval:first-child img').naturalWidth"
+    wait_for(lambda: d.execute_script(gif_width) > 0, 30, "the GIF to load")
     d.execute_script("window.scrollTo(0, 0)")
     shot(d, "run-page.png")
     d.get(stack.gateway_url + "/")

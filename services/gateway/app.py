@@ -203,14 +203,11 @@ def create_app(nats_url: Optional[str] = None, api_token: Optional[str] = None,
         return {**state.get("counters", {}), "metrics_rejected": cache.rejected if cache else 0,
                 "log_errors": logs.errors if logs else 0}
 
-    run_states: dict[str, str] = {}  # refreshed by GET /metrics; the collector reads it
-
-    @app.get("/metrics", include_in_schema=True, response_class=Response)
+    @app.get("/metrics", response_class=Response)
     async def prometheus_metrics() -> Response:
         """Prometheus text exposition: per-run gauges and counters, per-service queues, drops, rejects."""
-        run_states.clear()
-        run_states.update({r.id: r.state.value for r in await runs.list_all(state["assets"].runs)})
-        collector = prom.CacheCollector(state["cache"], lambda: run_states, gateway_counters)
+        run_states = {r.id: r.state.value for r in await runs.list_all(state["assets"].runs)}
+        collector = prom.CacheCollector(state["cache"], run_states, gateway_counters())
         return Response(prom.exposition(collector), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/presets")

@@ -7,7 +7,7 @@ dropped/rejected counts.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -35,10 +35,10 @@ REJECTED_KEYS = ("rejected", "rejected_stats", "unknown_run", "bad_requests")
 
 
 class CacheCollector:
-    """Yields metric families from the cache's latest points, plus the gateway's own counts."""
+    """Yields metric families from the cache's latest points, plus the gateway's own counts;
+    one is made per scrape, with the run states read from the KV bucket for that scrape."""
 
-    def __init__(self, cache: MetricsCache, run_states: Callable[[], dict[str, str]],
-                 gateway_counters: Callable[[], dict[str, Any]]):
+    def __init__(self, cache: MetricsCache, run_states: dict[str, str], gateway_counters: dict[str, Any]):
         self.cache, self.run_states, self.gateway_counters = cache, run_states, gateway_counters
 
     def collect(self) -> Iterator[Metric]:
@@ -52,7 +52,7 @@ class CacheCollector:
                                        labels=["run", "service", "reason"])
         losses = GaugeMetricFamily(f"{PREFIX}_loss", "last loss terms of the learner", labels=["run", "term"])
         state = GaugeMetricFamily(f"{PREFIX}_run_state", "1 for the run's current state", labels=["run", "state"])
-        for run_id, run_state in self.run_states().items():
+        for run_id, run_state in self.run_states.items():
             state.add_metric([run_id, run_state], 1.0)
             point = self.cache.latest(run_id) or {}
             for key, fam in gauges.items():
@@ -77,7 +77,7 @@ class CacheCollector:
                     for key in keys:
                         fam.add_metric([run_id, service, key], float(c[key]) if _number(c.get(key)) else 0.0)
         gw = GaugeMetricFamily(f"{PREFIX}_gateway_events", "the gateway's own event counts", labels=["event"])
-        for event, value in self.gateway_counters().items():
+        for event, value in self.gateway_counters.items():
             if _number(value):
                 gw.add_metric([event], float(value))
         yield from (*gauges.values(), *counters.values(), queue, dropped, rejected, losses, state, gw)
