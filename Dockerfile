@@ -10,3 +10,5 @@ COPY services ./services
 COPY configs ./configs
 RUN pip install --no-cache-dir .
 ENV PYTHONUNBUFFERED=1
+# gateway (dashboard, REST, /metrics), tensorboard
+EXPOSE 8000 6006

@@ -39,10 +39,21 @@ class GatewayClient:
     async def _call(self, method: str, path: str, json: Any = None, params: Optional[dict] = None) -> Any:
         assert self._session is not None, "use 'async with GatewayClient(...)'"
         async with self._session.request(method, self.base_url + path, json=json, params=params) as r:
-            body = await r.json(content_type=None)
+            try:
+                body = await r.json(content_type=None)
+            except ValueError:  # e.g. a proxy's HTML error page
+                body = {"detail": (await r.text())[:500]}
             if r.status >= 400:
                 raise GatewayError(r.status, body.get("detail", body) if isinstance(body, dict) else body)
             return body
+
+    async def _bytes(self, path: str) -> bytes:
+        assert self._session is not None, "use 'async with GatewayClient(...)'"
+        async with self._session.get(self.base_url + path) as r:
+            data = await r.read()
+            if r.status >= 400:
+                raise GatewayError(r.status, data[:500].decode(errors="replace"))
+            return data
 
     async def start_run(self, config: dict) -> dict:
         return await self._call("POST", "/runs", json=config)
@@ -57,7 +68,35 @@ class GatewayClient:
         return await self._call("POST", f"/runs/{run_id}/stop")
 
     async def resume(self, run_id: str) -> dict:
+        """POST /runs/{id}/resume; a gateway without resume answers 404/405 (GatewayError)."""
         return await self._call("POST", f"/runs/{run_id}/resume")
+
+    async def eval(self, run_id: str, episodes: int = 10, greedy: bool = True, seed: int = 12345) -> dict:
+        """Start evaluating the run's last checkpoint on the gateway; returns the job (state running)."""
+        return await self._call("POST", f"/runs/{run_id}/eval",
+                                json={"episodes": episodes, "greedy": greedy, "seed": seed})
+
+    async def evals(self, run_id: str) -> list[dict]:
+        return await self._call("GET", f"/runs/{run_id}/evals")
+
+    async def wait_eval(self, run_id: str, job_id: str, timeout: float = 600.0, interval: float = 1.0) -> dict:
+        """Poll an eval job until it is done or failed."""
+        deadline = time.time() + timeout
+        while True:
+            job = await self._call("GET", f"/runs/{run_id}/evals/{job_id}")
+            if job["state"] != "running":
+                return job
+            if time.time() > deadline:
+                raise TimeoutError(f"eval {job_id} still running after {timeout} s")
+            await asyncio.sleep(interval)
+
+    async def download(self, path: str) -> bytes:
+        """Any file the gateway serves, e.g. an eval's video_url."""
+        return await self._bytes(path)
+
+    async def prometheus(self) -> str:
+        """The Prometheus text exposition at /metrics."""
+        return (await self._bytes("/metrics")).decode()
 
     async def metrics(self, run_id: str, since: float = 0.0) -> list[dict]:
         return (await self._call("GET", f"/runs/{run_id}/metrics", params={"since": since}))["points"]

@@ -3,23 +3,33 @@
 POST /runs validates a RunConfig (422 names the field), writes a pending
 record; a learner claims it. Every mutating call needs the bearer token
 (RL_API_TOKEN, or one generated and printed at start). A background watch
-requeues runs whose learner stopped heart-beating, to resume.
+requeues runs whose learner stopped heart-beating, to resume. The gateway
+also serves the web dashboard (`/`, `/run/{id}`, `/static`), Prometheus text
+at `/metrics`, evaluation jobs (`POST /runs/{id}/eval`), and, with a log dir,
+writes each run's TensorBoard events, CSV and JSONL from the metrics stream.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Optional
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from services.gateway import prom
+from services.gateway.evals import EvalJobs
+from services.gateway.logs import MetricsLogs
 from services.gateway.metrics_cache import MetricsCache
 from shared import bus, runs
 from shared.config import ACTIVE_STATES, RunConfig, RunRecord, RunState
@@ -47,6 +57,10 @@ async def watch_lost_runs(kv, counters: dict) -> None:
         for run_id in await watch.sweep():
             log.warning("run %s lost its learner; requeued to resume", run_id)
         await asyncio.sleep(WATCH_S)
+
+ROOT = Path(__file__).resolve().parents[2]
+STATIC = Path(__file__).resolve().parent / "static"
+PRESETS = ROOT / "configs"
 
 
 class RunView(BaseModel):
@@ -79,22 +93,37 @@ class RunView(BaseModel):
     replay: dict[str, int] = Field(default_factory=dict)
 
 
-def create_app(nats_url: Optional[str] = None, api_token: Optional[str] = None) -> FastAPI:
+class EvalRequest(BaseModel):
+    """What POST /runs/{id}/eval plays: N episodes, greedy (argmax) or sampled actions."""
+
+    episodes: int = Field(10, ge=1, le=1000)
+    greedy: bool = True
+    seed: int = Field(12345, ge=0, le=2**31 - 1)
+
+
+def create_app(nats_url: Optional[str] = None, api_token: Optional[str] = None,
+               log_dir: Optional[str] = None) -> FastAPI:
+    """log_dir: where each run's tb/, metrics.csv, metrics.jsonl and evals/ go (None: no log files)."""
     token = api_token if api_token is not None else api_token_from_env()
     state: dict[str, Any] = {}
+    logs = MetricsLogs(log_dir) if log_dir else None
+    evals = EvalJobs(log_dir or tempfile.mkdtemp(prefix="impala-evals-"), ROOT)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         counters: dict = {}
         nc = await bus.connect(nats_url, "gateway", counters)
         assets = await bus.ensure_assets(nc)
-        cache = MetricsCache()
+        cache = MetricsCache(logs.on_point if logs else None)
         await cache.start(assets.js)
         state.update(nc=nc, assets=assets, cache=cache, counters=counters)
         watcher = asyncio.create_task(watch_lost_runs(assets.runs, counters))
         yield
         watcher.cancel()
+        await evals.close()
         await nc.drain()
+        if logs:
+            logs.close()
 
     app = FastAPI(title="Distributed IMPALA trainer", version="0.1.0", lifespan=lifespan,
                   description="Start, stop and inspect training runs.")
@@ -182,6 +211,68 @@ def create_app(nats_url: Optional[str] = None, api_token: Optional[str] = None) 
         await get_record(run_id)
         points = [p for p in state["cache"].series(run_id) if p.get("time", 0) > since]
         return {"run": run_id, "points": points}
+
+    @app.post("/runs/{run_id}/eval", status_code=202, dependencies=[Depends(require_token)])
+    async def start_eval(run_id: str, req: Optional[EvalRequest] = None) -> dict:
+        """Evaluate the run's last checkpoint in a child process; poll GET /runs/{id}/evals/{job}."""
+        rec = await get_record(run_id)
+        if not rec.checkpoint or not Path(rec.checkpoint).exists():
+            raise HTTPException(409, f"run {run_id} has no checkpoint on this gateway's disk yet "
+                                     "(one is written when the run ends)")
+        req = req or EvalRequest()
+        state["counters"]["evals_started"] = state["counters"].get("evals_started", 0) + 1
+        return evals.start(run_id, rec.checkpoint, req.episodes, req.greedy, req.seed)
+
+    @app.get("/runs/{run_id}/evals")
+    async def list_evals(run_id: str) -> list[dict]:
+        await get_record(run_id)
+        return evals.list(run_id)
+
+    @app.get("/runs/{run_id}/evals/{job_id}")
+    async def get_eval(run_id: str, job_id: str) -> dict:
+        await get_record(run_id)
+        try:
+            return evals.get(run_id, job_id)
+        except KeyError:
+            raise HTTPException(404, f"unknown eval {job_id!r}")
+
+    @app.get("/runs/{run_id}/evals/{job_id}/video")
+    async def eval_video(run_id: str, job_id: str) -> FileResponse:
+        await get_record(run_id)
+        try:
+            path = evals.video(run_id, job_id)
+        except KeyError:
+            path = None
+        if path is None:
+            raise HTTPException(404, "no video for this eval")
+        return FileResponse(path, media_type="image/gif")
+
+    def gateway_counters() -> dict[str, Any]:
+        cache = state.get("cache")
+        return {**state.get("counters", {}), "metrics_rejected": cache.rejected if cache else 0,
+                "log_errors": logs.errors if logs else 0}
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text exposition: per-run gauges and counters, per-service queues, drops, rejects."""
+        run_states = {r.id: r.state.value for r in await runs.list_all(state["assets"].runs)}
+        collector = prom.CacheCollector(state["cache"], run_states, gateway_counters())
+        return Response(prom.exposition(collector), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/presets")
+    async def presets() -> dict[str, dict]:
+        """The run configs in configs/*.json, by file stem: what the dashboard's form starts from."""
+        return {p.stem: json.loads(p.read_text()) for p in sorted(PRESETS.glob("*.json"))}
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/run/{run_id}", include_in_schema=False)
+    async def run_page(run_id: str) -> FileResponse:
+        return FileResponse(STATIC / "run.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/healthz")
     async def healthz() -> dict:

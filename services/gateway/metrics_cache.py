@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 from nats.js.api import DeliverPolicy
 
@@ -19,8 +19,12 @@ log = logging.getLogger("gateway.metrics")
 MAX_POINTS = 4000
 
 
+PointSink = Callable[[str, dict], None]
+
+
 class MetricsCache:
-    def __init__(self) -> None:
+    def __init__(self, on_learner_point: Optional[PointSink] = None) -> None:
+        self.on_learner_point = on_learner_point  # e.g. the TensorBoard/CSV writers
         self.learner: dict[str, list[dict]] = {}
         self.learner_last: dict[str, dict] = {}
         self.replay: dict[str, dict[str, dict]] = {}
@@ -47,6 +51,8 @@ class MetricsCache:
             if len(series) > MAX_POINTS:
                 del series[1::2]
             self.learner_last[run_id] = point
+            if self.on_learner_point is not None:
+                self.on_learner_point(run_id, point)
         elif source.startswith("replay-"):
             self.replay.setdefault(run_id, {})[source] = point
 

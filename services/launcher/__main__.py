@@ -66,12 +66,17 @@ async def follow(stack: Stack, config: dict, timeout: float) -> dict:
         return final
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description="Run the whole trainer on this machine (embedded NATS).")
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """The run-config flags build_config reads; shared with the CLI's train."""
     p.add_argument("--env", default="CartPole-v1", help="env id; configs/ has presets for CartPole-v1, ALE/Pong-v5")
     p.add_argument("--config", default=None, help="JSON file with RunConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config field")
     p.add_argument("--actors", type=int, default=None, help="actor processes (default: preset or cores-1)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Run the whole trainer on this machine (embedded NATS).")
+    add_config_args(p)
     p.add_argument("--run-dir", default=None, help="where logs, NATS data and checkpoints go")
     p.add_argument("--timeout", type=float, default=24 * 3600, help="give up after this many seconds")
     args = p.parse_args()
@@ -83,6 +88,7 @@ def main() -> None:
         stack.start_all(actors=config["num_actors"])
         print(f"nats {stack.nats_url.split('@')[-1]} | gateway {stack.gateway_url} (docs at /docs) | "
               f"API token {stack.api_token}", flush=True)
+        print(f"dashboard {stack.dashboard_url} | TensorBoard: tensorboard --logdir {stack.tb_dir}", flush=True)
         final = asyncio.run(follow(stack, config, args.timeout))
     except KeyboardInterrupt:
         print("interrupted", flush=True)

@@ -53,6 +53,7 @@ class Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logs = self.run_dir / "logs"
         self.logs.mkdir(exist_ok=True)
+        self.tb_dir = self.run_dir / "tb"  # the gateway's per-run TensorBoard events, CSV, JSONL, evals
         self.quiet = quiet
         self.procs: dict[str, subprocess.Popen] = {}
         self.nats_token = secrets.token_hex(16)
@@ -73,19 +74,26 @@ class Stack:
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.gateway_port}"
 
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard with the API token in the query, ready to open in a browser."""
+        return f"{self.gateway_url}/?token={self.api_token}"
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ, RL_NATS_URL=self.nats_url, RL_API_TOKEN=self.api_token, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         return env
 
-    def _spawn(self, name: str, cmd: list[str], netns: Optional[str] = None) -> subprocess.Popen:
+    def spawn(self, name: str, cmd: list[str], env: Optional[dict[str, str]] = None,
+              netns: Optional[str] = None) -> subprocess.Popen:
+        """Any command as a managed process (logs/<name>.log); `env` overrides the stack's variables."""
         netns = netns or self.netns
         if netns:  # `ip netns exec` execs the command: the pid is the service's own
             cmd = ["ip", "netns", "exec", netns, *cmd]
         out = open(self.logs / f"{name}.log", "ab")
         # Own session: Ctrl-C reaches only the launcher, which stops services in order.
         # Parent-death signal: if the launcher itself is killed, nothing is left behind.
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env() | (env or {}), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=die_with_parent)
         self.procs[name] = proc
         return proc
@@ -93,7 +101,7 @@ class Stack:
     def start_nats(self, port: Optional[int] = None) -> None:
         """(Re)start nats-server; a restart keeps the port and the JetStream data."""
         self.nats_port = port or self.nats_port or free_port()
-        self._spawn("nats", [nats_server_binary(), "-a", self.nats_bind, "-p", str(self.nats_port), "-js",
+        self.spawn("nats", [nats_server_binary(), "-a", self.nats_bind, "-p", str(self.nats_port), "-js",
                              "-sd", str(self.run_dir / "nats"), "--auth", self.nats_token])
         wait_port(self.nats_port, host=self.host)
 
@@ -103,7 +111,9 @@ class Stack:
         if service == "gateway" and "--port" not in args:
             self.gateway_port = free_port()
             args = (*args, "--host", self.host, "--port", str(self.gateway_port))
-        return self._spawn(name or service, self.service_cmd(service, *args), netns)
+        if service == "gateway" and "--log-dir" not in args:
+            args = (*args, "--log-dir", str(self.tb_dir))
+        return self.spawn(name or service, self.service_cmd(service, *args), netns=netns)
 
     @staticmethod
     def service_cmd(service: str, *args: str) -> list[str]:

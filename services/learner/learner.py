@@ -250,6 +250,8 @@ class RunSession:
             "wire_bytes_per_step": self.counters.get("fresh_bytes", 0) / steps if steps else None,
             "losses": self.last_losses, "counters": {**self.learner.counters, **self.counters},
             "actors": len(self.progress.actor_steps), "solved": self.progress.solved,
+            "queues": ({"fresh": len(self.prefetch.fresh), "batches": self.prefetch.queue.qsize()}
+                       if self.prefetch is not None else {}),
         }
 
     async def _publish_metrics(self, point: Optional[dict] = None) -> None:
