@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import os
 import signal
@@ -27,9 +28,18 @@ def run_service(main: Callable[[asyncio.Event], Awaitable[None]], log_level: str
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         await main(stop)
 
     asyncio.run(runner())
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: log where every asyncio task of this service is waiting (for a stuck service)."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(file=out)
+    logging.getLogger("service").warning("asyncio tasks:\n%s", out.getvalue())
 
 
 class Counters(dict):

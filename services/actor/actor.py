@@ -30,6 +30,8 @@ from shared.service import Counters
 
 log = logging.getLogger("actor")
 
+PUBLISH_TIMEOUT_S = 5.0
+
 
 class Rollout:
     """The env vector plus the policy, producing one fragment per call (in a thread)."""
@@ -156,8 +158,8 @@ class Actor:
                     continue
                 payload, n = await loop.run_in_executor(self.pool, rollout)
                 used.append(rollout.version)
-                try:
-                    await self.nc.publish(wiring.traj(run_id), payload)
+                try:  # bounded: a stalled client must show up as a counted failure, not a silent hang
+                    await asyncio.wait_for(self.nc.publish(wiring.traj(run_id), payload), PUBLISH_TIMEOUT_S)
                 except Exception as e:
                     self.counters.inc("publish_failed")
                     log.debug("publish failed: %s", e)
@@ -179,7 +181,8 @@ class Actor:
         msg = {"actor": actor_id, "steps": steps, "episodes": episodes, "version": rollout.version,
                "sps": steps / max(elapsed, 1e-6), "counters": dict(self.counters)}
         try:
-            await self.nc.publish(wiring.actor_stats(run_id), json.dumps(msg).encode())
+            await asyncio.wait_for(self.nc.publish(wiring.actor_stats(run_id), json.dumps(msg).encode()),
+                                   PUBLISH_TIMEOUT_S)
         except Exception:
             self.counters.inc("publish_failed")
 
