@@ -44,9 +44,11 @@ def parse_notice(data: bytes) -> tuple[int, int]:
     return version, backlog
 
 
-async def fetch(assets: Assets, run_id: str, timeout: float = 10.0) -> Optional[tuple[int, dict[str, np.ndarray]]]:
+async def fetch(assets: Assets, run_id: str, timeout: float = 2.0) -> Optional[tuple[int, dict[str, np.ndarray]]]:
     """(version, arrays) of the newest stored weights of a run, or None if there are none yet.
-    Raises wire.WireError (or ValueError) if the stored object is not valid weights."""
+    Raises wire.WireError (or ValueError) if the stored object is not valid weights, and a
+    timeout if it was replaced while being read (its old chunks are purged): bounded, unlike
+    nats-py's ObjectStore.get, which waits forever for chunks that no longer exist."""
     try:
         info = await assets.weights.get_info(run_id)
     except Exception:
