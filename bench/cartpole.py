@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 
 from common import load_config, run_on_stack, write_result
 
 from services.launcher.stack import ROOT
+
+
+def median_counting_failures(values: list[float], runs: int) -> float | None:
+    """Median over all seeds, an unsolved seed counting as infinitely slow (None if that is the median)."""
+    m = statistics.median(values + [math.inf] * (runs - len(values))) if runs else math.inf
+    return None if math.isinf(m) else m
 
 
 def main() -> None:
@@ -36,8 +43,8 @@ def main() -> None:
     solved = [r["solved"] for r in runs if r["solved"]]
     write_result(a.name or f"cartpole-{config['algorithm']}", {
         "config": config, "runs": runs, "solved_runs": len(solved),
-        "median_agent_steps_to_475": statistics.median(s["agent_steps"] for s in solved) if solved else None,
-        "median_seconds_to_475": statistics.median(s["seconds"] for s in solved) if solved else None,
+        "median_agent_steps_to_475": median_counting_failures([s["agent_steps"] for s in solved], len(runs)),
+        "median_seconds_to_475": median_counting_failures([s["seconds"] for s in solved], len(runs)),
         "targets": {"agent_steps": 150_000, "seconds": 60},
     })
 
