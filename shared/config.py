@@ -51,6 +51,7 @@ class RunConfig(BaseModel):
     gamma: float = Field(0.99, ge=0.0, le=1.0, description="discount")
     entropy_coef: float = Field(0.0, ge=0.0, le=10.0, description="entropy bonus weight")
     value_coef: float = Field(0.5, ge=0.0, le=100.0, description="value loss weight")
+    normalize_advantages: bool = Field(False, description="standardize policy-gradient advantages per batch (sparse-reward games)")
     rho_bar: float = Field(1.0, gt=0.0, le=100.0, description="V-trace rho clip")
     c_bar: float = Field(1.0, gt=0.0, le=100.0, description="V-trace c clip")
     clip_eps: float = Field(0.2, gt=0.0, le=1.0, description="APPO ratio clip epsilon")

@@ -1,5 +1,7 @@
 """Two gloo processes, each on half of a global batch, end with the same weights
 as one process trained on the whole batch (to float tolerance)."""
+import os
+
 import torch
 import torch.multiprocessing as mp
 
@@ -22,7 +24,7 @@ def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def config(algorithm: str) -> RunConfig:
     return RunConfig(algorithm=algorithm, reuse=2, target_update_interval=2, unroll_length=T, batch_size=T * B,
-                     max_grad_norm=0.5, entropy_coef=0.01)
+                     max_grad_norm=0.5, entropy_coef=0.01, normalize_advantages=(algorithm == "appo"))
 
 
 def half(batch: dict, rank: int) -> dict:
@@ -43,6 +45,10 @@ def worker(rank: int, port: int, algorithm: str, out_path: str) -> None:
     if rank == 0:
         torch.save(trainer.model.state_dict(), out_path)
     distributed.shutdown()
+    # Skip interpreter teardown: a gloo worker thread may still be releasing a
+    # finished all-reduce's tensors, which needs the GIL, and a thread that asks
+    # for the GIL during finalization aborts the process (see shutdown()).
+    os._exit(0)
 
 
 def single(algorithm: str, init_state: dict) -> dict:

@@ -1,7 +1,7 @@
 """The APPO loss: clipping of the surrogate and its gradient."""
 import torch
 
-from shared.losses import appo_loss, clipped_surrogate, impala_loss
+from shared.losses import appo_loss, clipped_surrogate, impala_loss, standardize
 
 
 def test_clipped_surrogate_is_pessimistic():
@@ -54,3 +54,21 @@ def test_appo_equals_impala_policy_gradient_when_on_policy():
     imp = impala_loss(**x, **common)
     g2 = torch.autograd.grad(imp["total"], x["logits"])[0]
     assert torch.allclose(g1, g2, atol=1e-6)
+
+
+def test_normalized_advantages_make_the_policy_gradient_scale_free():
+    """Scaling rewards and values by 100 changes raw advantages 100-fold; with
+    normalize_advantages the policy-gradient term, and its gradient, do not change."""
+    common = dict(rho_bar=1.0, c_bar=1.0, value_coef=0.0, entropy_coef=0.0, normalize_advantages=True)
+    grads = []
+    for scale in (1.0, 100.0):
+        x = _inputs(seed=3)
+        x["values"] = (x["values"].detach() * scale).requires_grad_()
+        x["bootstrap"], x["rewards"] = x["bootstrap"] * scale, x["rewards"] * scale
+        out = impala_loss(**x, **common)
+        out["total"].backward()
+        grads.append(x["logits"].grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    assert grads[0].abs().sum() > 0
+    adv = standardize(torch.randn(7, 3) * 5 + 2)
+    assert abs(float(adv.mean())) < 1e-5 and abs(float(adv.std(unbiased=False)) - 1.0) < 1e-4

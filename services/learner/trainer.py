@@ -74,7 +74,8 @@ class Trainer:
         if self.spec.clip_rewards:
             rewards = rewards.clamp(-1.0, 1.0)
         discounts = cfg.gamma * (1.0 - batch["dones"].float())
-        common = dict(rho_bar=cfg.rho_bar, c_bar=cfg.c_bar, value_coef=cfg.value_coef, entropy_coef=cfg.entropy_coef)
+        common = dict(rho_bar=cfg.rho_bar, c_bar=cfg.c_bar, value_coef=cfg.value_coef, entropy_coef=cfg.entropy_coef,
+                      normalize_advantages=cfg.normalize_advantages)
         if self.target is not None:
             with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 target_logits, _, _ = self.target.forward_prepared(x[:T * B], with_recon=False)
