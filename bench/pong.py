@@ -52,6 +52,9 @@ def main() -> None:
         "elapsed": final["elapsed"], "updates": final["updates"], "dropped": final["dropped"],
         "best_mean_return": max((r[2] for r in rows), default=None),
         "curve": rows, "plot": png.name if rows else None,
+        # [agent_steps, policy entropy]: a policy that is not learning stays near log(actions)
+        "entropy": [[p["agent_steps"], round(p["losses"]["entropy"], 4)] for p in points
+                    if "entropy" in p.get("losses", {})][::10],
         "targets": {"agent_steps": 1_000_000, "seconds_cpu_2_cores": 45 * 60, "seconds_gpu_16_cores": 120},
     })
 

@@ -91,4 +91,13 @@ def _finish(pg: torch.Tensor, values: torch.Tensor, vs: torch.Tensor, logits: to
     ent = entropy(logits).mean()
     total = pg + value_coef * v_loss - entropy_coef * ent
     return {"total": total, "policy_loss": pg.detach(), "value_loss": v_loss.detach(), "entropy": ent.detach(),
-            "mean_rho": rhos.mean()}
+            "mean_rho": rhos.mean(), "explained_variance": explained_variance(values.detach(), vs)}
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - Var(target - pred) / Var(target): 1 is a perfect critic, 0 one that only
+    knows the mean. A critic stuck near 0 leaves the advantages as reward noise,
+    so the policy cannot learn; this is the first number to read when it does not."""
+    var = target.var(unbiased=False)
+    return torch.where(var > 1e-8, 1.0 - (target - pred).var(unbiased=False) / var.clamp_min(1e-8),
+                       torch.zeros((), device=target.device))

@@ -1,0 +1,67 @@
+"""Synchronous actor + learner in one process (no NATS, no services): the
+fastest way to judge a hyperparameter change on one core, since nothing waits
+on transport and every batch is on-policy. One Rollout (the real actor code)
+fills a batch, the real Trainer takes its update(s), repeat. Prints a line
+every 50k agent steps (mean return of the last 100 episodes, entropy, critic
+explained variance, ...) and writes the curve to bench/results/<name>.json.
+
+    python bench/sync_loop.py --name sync-pong --steps 500000 --set normalize_advantages=true
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+
+import torch
+from common import load_config, write_result
+
+from services.actor.actor import Rollout
+from services.launcher.stack import ROOT
+from services.learner.trainer import Trainer
+from shared.config import RunConfig
+from shared.fragment import collate, decode_fragment
+from shared.models import load_numpy_state, state_to_numpy
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config", default=str(ROOT / "configs" / "pong.json"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--steps", type=int, default=500_000)
+    p.add_argument("--minutes", type=float, default=60)
+    p.add_argument("--name", default="sync-loop")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    cfg = RunConfig(**load_config(a.config, a.set))
+    actor = Rollout(cfg, "sync", "a0", cfg.seed, 1)
+    torch.manual_seed(cfg.seed)
+    trainer = Trainer(cfg, actor.spec)
+    returns: collections.deque = collections.deque(maxlen=100)
+    steps, next_print, t0, rows = 0, 0, time.time(), []
+    while steps < a.steps and time.time() - t0 < a.minutes * 60:
+        weights = state_to_numpy(trainer.model)
+        frags = []
+        while sum(f.actions.shape[1] for f in frags) < cfg.batch_columns:
+            load_numpy_state(actor.model, weights)
+            actor.version = trainer.updates
+            data, n = actor()
+            steps += n
+            frags.append(decode_fragment(data, "sync", actor.spec, cfg.unroll_length))
+            returns.extend(r for r, _ in actor.finished)
+            actor.finished = []
+        st = trainer.train_on({k: torch.from_numpy(v) for k, v in collate(frags).items()})
+        if steps >= next_print:
+            mean = sum(returns) / len(returns) if returns else None
+            row = {"agent_steps": steps, "seconds": round(time.time() - t0, 1), "mean_return": mean,
+                   "episodes": len(returns), "updates": trainer.updates,
+                   **{k: round(st[k], 4) for k in ("entropy", "value_loss", "explained_variance", "grad_norm")}}
+            rows.append(row)
+            print(row, flush=True)
+            next_print += 50_000
+    write_result(a.name, {"config": cfg.model_dump(), "agent_steps": steps, "seconds": round(time.time() - t0, 1),
+                          "curve": rows})
+
+
+if __name__ == "__main__":
+    main()
