@@ -73,33 +73,6 @@ def sum_across(values: Sequence[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def shutdown(orderly: bool = True) -> None:
-    """Leave the group. `orderly` (every rank is calling this) adds a barrier first.
-
-    Why the barrier: gloo's worker threads drop their reference to a finished
-    all-reduce's tensors a moment after the caller's wait() returns, and that
-    drop needs the GIL. If the interpreter is already finalizing by then, the
-    thread is killed mid-destructor and the process aborts ("terminate called
-    without an active exception"). The barrier's round trip lets those threads
-    finish while the interpreter is still alive.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    if orderly:
-        try:
-            dist.barrier()
-        except RuntimeError:  # a rank already gone: nothing left to wait for
-            pass
-    dist.destroy_process_group()
-
-
-def spawn_followers(run_id: str, devices: list[str], port: int, log_dir: str | None = None) -> list[subprocess.Popen]:
-    """One follower process per extra device (ranks 1..n-1); they inherit RL_NATS_URL."""
-    procs = []
-    for rank, device in enumerate(devices[1:], start=1):
-        out = open(os.path.join(log_dir, f"learner-rank{rank}.log"), "ab") if log_dir else None
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "services.learner.follower", "--run", run_id, "--rank", str(rank),
-             "--world", str(len(devices)), "--device", device, "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT if out else None, preexec_fn=die_with_parent))
-    return procs
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -61,7 +61,7 @@ async def follow(args, stop: asyncio.Event) -> None:
             await loop.run_in_executor(pool, trainer.step, batch)
     finally:
         feeder.cancel()
-        distributed.shutdown(orderly=False)  # the leader may be gone already
+        distributed.shutdown()
         await nc.drain()
 
 

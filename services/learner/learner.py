@@ -176,7 +176,7 @@ class RunSession:
                 await _quietly(self.publishing)
             for p in followers:
                 p.terminate()
-            distributed.shutdown(orderly=False)  # followers are already terminated
+            distributed.shutdown()
         await self._finish()
 
     def backlog(self) -> int:
