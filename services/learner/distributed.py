@@ -76,3 +76,15 @@ def sum_across(values: Sequence[float], device: torch.device) -> list[float]:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def spawn_followers(run_id: str, devices: list[str], port: int, log_dir: str | None = None) -> list[subprocess.Popen]:
+    """One follower process per extra device (ranks 1..n-1); they inherit RL_NATS_URL."""
+    procs = []
+    for rank, device in enumerate(devices[1:], start=1):
+        out = open(os.path.join(log_dir, f"learner-rank{rank}.log"), "ab") if log_dir else None
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "services.learner.follower", "--run", run_id, "--rank", str(rank),
+             "--world", str(len(devices)), "--device", device, "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT if out else None, preexec_fn=die_with_parent))
+    return procs
