@@ -23,15 +23,25 @@ from shared.service import die_with_parent, free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+def wait_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1",
+              proc: Optional[subprocess.Popen] = None, log: Optional[Path] = None) -> None:
+    """Wait until `host:port` accepts; fail early (with the log's tail) if `proc` exits first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         with socket.socket() as s:
             s.settimeout(2.0)
             if s.connect_ex((host, port)) == 0:
                 return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the process for port {port} exited with {proc.returncode}{_tail(log)}")
         time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f} s{_tail(log)}")
+
+
+def _tail(log: Optional[Path], chars: int = 2000) -> str:
+    if log is None or not log.exists():
+        return ""
+    return f"; its log ends:\n{log.read_text(errors='replace')[-chars:]}"
 
 
 def nats_server_binary() -> str:
@@ -101,9 +111,10 @@ class Stack:
     def start_nats(self, port: Optional[int] = None) -> None:
         """(Re)start nats-server; a restart keeps the port and the JetStream data."""
         self.nats_port = port or self.nats_port or free_port()
-        self.spawn("nats", [nats_server_binary(), "-a", self.nats_bind, "-p", str(self.nats_port), "-js",
-                             "-sd", str(self.run_dir / "nats"), "--auth", self.nats_token])
-        wait_port(self.nats_port, host=self.host)
+        proc = self.spawn("nats", [nats_server_binary(), "-a", self.nats_bind, "-p", str(self.nats_port), "-js",
+                                    "-sd", str(self.run_dir / "nats"), "--auth", self.nats_token])
+        # Generous: JetStream recovers its store first, and a loaded 2-core box is slow.
+        wait_port(self.nats_port, timeout=60, host=self.host, proc=proc, log=self.logs / "nats.log")
 
     def start(self, service: str, *args: str, name: Optional[str] = None,
               netns: Optional[str] = None) -> subprocess.Popen:
