@@ -55,10 +55,11 @@ def main() -> None:
             mean = sum(returns) / len(returns) if returns else None
             row = {"agent_steps": steps, "seconds": round(time.time() - t0, 1), "mean_return": mean,
                    "episodes": len(returns), "updates": trainer.updates,
-                   **{k: round(st[k], 4) for k in ("entropy", "value_loss", "explained_variance", "grad_norm")}}
+                   **{k: round(st[k], 4) for k in ("entropy", "value_loss", "explained_variance", "grad_norm", "clip_frac", "kl", "learning_rate")
+                      if k in st}}
             rows.append(row)
             print(row, flush=True)
-            next_print += 50_000
+            next_print += 25_000
     write_result(a.name, {"config": cfg.model_dump(), "agent_steps": steps, "seconds": round(time.time() - t0, 1),
                           "curve": rows})
 

@@ -46,6 +46,7 @@ class RunConfig(BaseModel):
     ae_fraction: float = Field(0.125, gt=0.0, le=1.0, description="share of each batch the decoder reconstructs (it costs more than the encoder)")
     batch_size: int = Field(512, ge=2, le=MAX_BATCH_STEPS, description="agent steps per learner batch (T x B)")
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate")
+    lr_kl_target: float = Field(0.0, ge=0.0, le=10.0, description="adaptive learning rate: >0 scales it by 1.5 down/up after each pass when KL(behaviour || policy) is above twice / below half this (rl_games); 0: constant")
     adam_eps: float = Field(1e-5, gt=0.0, le=1.0, description="Adam epsilon")
     max_grad_norm: float = Field(1.0, gt=0.0, le=1e6, description="global gradient-norm clip")
     gamma: float = Field(0.99, ge=0.0, le=1.0, description="discount")
@@ -54,9 +55,11 @@ class RunConfig(BaseModel):
     normalize_advantages: bool = Field(False, description="standardize policy-gradient advantages per batch (sparse-reward games)")
     rho_bar: float = Field(1.0, gt=0.0, le=100.0, description="V-trace rho clip")
     c_bar: float = Field(1.0, gt=0.0, le=100.0, description="V-trace c clip")
+    vtrace_lambda: float = Field(1.0, ge=0.0, le=1.0, description="V-trace lambda: scales the traces (on-policy: GAE's lambda)")
     clip_eps: float = Field(0.2, gt=0.0, le=1.0, description="APPO ratio clip epsilon")
     kl_coef: float = Field(0.0, ge=0.0, le=100.0, description="APPO KL(target || current) penalty")
     target_update_interval: int = Field(4, ge=1, le=100_000, description="APPO: learner steps between target-network copies")
+    minibatches: int = Field(1, ge=1, le=1024, description="optimiser steps per pass over a batch, each on a random 1/n of every trajectory's steps (PPO's minibatches)")
     reuse: int = Field(2, ge=1, le=64, description="times each batch is trained on (IMPACT circular buffer of this many batches)")
     replay_proportion: float = Field(0.0, ge=0.0, lt=1.0, description="share of each batch drawn from replay shards")
     replay_capacity: int = Field(2_000, ge=1, le=10_000_000, description="fragments each replay shard keeps per run")
@@ -91,6 +94,9 @@ class RunConfig(BaseModel):
     def _sizes_fit(self) -> "RunConfig":
         if self.batch_size < self.unroll_length:
             raise ValueError("batch_size must be at least unroll_length (one env column)")
+        if self.minibatches > self.unroll_length:
+            raise ValueError(f"minibatches ({self.minibatches}) exceeds unroll_length ({self.unroll_length}): "
+                             "each minibatch takes a share of every trajectory's steps")
         if self.model in ("nature_cnn", "impala_resnet") and not self.env_id.startswith("ALE/"):
             raise ValueError(f"model {self.model!r} needs an image env (ALE/...)")
         self._fits_in_memory()

@@ -149,8 +149,23 @@ def build_model(cfg: RunConfig, spec: EnvSpec) -> ActorCritic:
     value_enc = MLPEncoder(in_dim, cfg.hidden_size) if kind == "mlp" and not image else None
     model = ActorCritic(enc, spec.num_actions, image, value_enc)
     if image:
+        init_weights(model)
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def init_weights(model: ActorCritic) -> None:
+    """CleanRL's initialisation for image models: orthogonal sqrt(2) layers, a
+    near-uniform first policy (head gain 0.01) and a unit value head. Why: with
+    PyTorch's default init the first policy already prefers some actions and
+    sparse-reward games spend their first updates undoing that ("What matters in
+    on-policy RL", Andrychowicz et al. 2021)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.orthogonal_(m.weight, np.sqrt(2))
+            nn.init.zeros_(m.bias)
+    nn.init.orthogonal_(model.policy.weight, 0.01)
+    nn.init.orthogonal_(model.value.weight, 1.0)
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:

@@ -20,11 +20,17 @@ class VTrace:
 @torch.no_grad()
 def vtrace(behaviour_logp: torch.Tensor, target_logp: torch.Tensor, rewards: torch.Tensor,
            discounts: torch.Tensor, values: torch.Tensor, bootstrap: torch.Tensor,
-           rho_bar: float = 1.0, c_bar: float = 1.0, pg_rho_bar: float | None = None) -> VTrace:
-    """discounts = gamma * (1 - done); values = V(x_t) for t < T; bootstrap = V(x_T)."""
+           rho_bar: float = 1.0, c_bar: float = 1.0, pg_rho_bar: float | None = None,
+           lambda_: float = 1.0) -> VTrace:
+    """discounts = gamma * (1 - done); values = V(x_t) for t < T; bootstrap = V(x_T).
+
+    lambda_ < 1 (IMPALA paper, remark 5) scales the traces c_s: on-policy the
+    targets v_s become lambda-returns, so v_s - V(x_s) is GAE's advantage. It is
+    the usual bias-for-variance trade that lets a young critic give useful
+    advantages on sparse-reward games."""
     rhos = torch.exp(target_logp - behaviour_logp)
     clipped_rhos = rhos.clamp(max=rho_bar)
-    cs = rhos.clamp(max=c_bar)
+    cs = lambda_ * rhos.clamp(max=c_bar)
     values_tp1 = torch.cat([values[1:], bootstrap.unsqueeze(0)], dim=0)
     deltas = clipped_rhos * (rewards + discounts * values_tp1 - values)
     acc = torch.zeros_like(bootstrap)

@@ -30,3 +30,13 @@ async def poll(probe: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], t
         if time.time() > deadline:
             raise TimeoutError(f"{what}: still {value} after {timeout} s")
         await asyncio.sleep(0.5)
+
+
+def random_batch(T: int, B: int, seed: int = 0) -> dict:
+    """A time-major learner batch of a 4-float, 2-action env, random but seeded."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return {"obs": torch.randn(T + 1, B, 4, generator=g), "actions": torch.randint(0, 2, (T, B), generator=g).int(),
+            "logits": torch.randn(T, B, 2, generator=g), "rewards": torch.randn(T, B, generator=g),
+            "dones": (torch.rand(T, B, generator=g) < 0.1).to(torch.uint8)}

@@ -1,5 +1,7 @@
 """Two gloo processes, each on half of a global batch, end with the same weights
-as one process trained on the whole batch (to float tolerance)."""
+as one process trained on the whole batch (to float tolerance); APPO also with
+minibatches, V-trace lambda and the KL-adaptive learning rate, whose statistics
+must agree across ranks."""
 import os
 
 import torch
@@ -9,6 +11,7 @@ from services.learner import distributed
 from services.learner.trainer import Trainer
 from shared.config import RunConfig
 from shared.envs import EnvSpec
+from helpers import random_batch
 from shared.service import free_port
 
 SPEC = EnvSpec((4,), "float32", 2)
@@ -16,15 +19,15 @@ T, B = 8, 16
 
 
 def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"obs": torch.randn(T + 1, B, 4, generator=g), "actions": torch.randint(0, 2, (T, B), generator=g).int(),
-            "logits": torch.randn(T, B, 2, generator=g), "rewards": torch.randn(T, B, generator=g),
-            "dones": (torch.rand(T, B, generator=g) < 0.1).to(torch.uint8)}
+    return random_batch(T, B, seed)
 
 
 def config(algorithm: str) -> RunConfig:
+    appo = algorithm == "appo"
     return RunConfig(algorithm=algorithm, reuse=2, target_update_interval=2, unroll_length=T, batch_size=T * B,
-                     max_grad_norm=0.5, entropy_coef=0.01, normalize_advantages=(algorithm == "appo"))
+                     max_grad_norm=0.5, entropy_coef=0.01, normalize_advantages=appo,
+                     minibatches=2, vtrace_lambda=0.9 if appo else 1.0,
+                     lr_kl_target=1e-8 if appo else 0.0)
 
 
 def half(batch: dict, rank: int) -> dict:
@@ -58,6 +61,8 @@ def single(algorithm: str, init_state: dict) -> dict:
         trainer.target.load_state_dict(init_state)
     for step in range(3):
         trainer.train_on(make_batch(step))
+    if trainer.cfg.lr_kl_target > 0:
+        assert trainer.opt.param_groups[0]["lr"] != trainer.cfg.learning_rate, "the KL-adaptive lr never moved"
     return trainer.model.state_dict()
 
 

@@ -6,11 +6,12 @@ import torch
 from shared.vtrace import vtrace
 
 
-def reference(log_rhos, rewards, discounts, values, bootstrap, rho_bar, c_bar):
-    """v_s = V(x_s) + sum_{t>=s} (prod_{i<t} discount_i c_i) rho_t (r_t + discount_t V(x_{t+1}) - V(x_t))."""
+def reference(log_rhos, rewards, discounts, values, bootstrap, rho_bar, c_bar, lam=1.0):
+    """v_s = V(x_s) + sum_{t>=s} (prod_{i<t} discount_i c_i) rho_t (r_t + discount_t V(x_{t+1}) - V(x_t)),
+    with c_i = lam * min(c_bar, rho_i)."""
     T, B = rewards.shape
     rhos = np.exp(log_rhos)
-    crho, cs = np.minimum(rhos, rho_bar), np.minimum(rhos, c_bar)
+    crho, cs = np.minimum(rhos, rho_bar), lam * np.minimum(rhos, c_bar)
     v_next = np.concatenate([values[1:], bootstrap[None]], 0)
     vs = np.zeros((T, B))
     for b in range(B):
@@ -26,9 +27,10 @@ def reference(log_rhos, rewards, discounts, values, bootstrap, rho_bar, c_bar):
     return vs, pg
 
 
-@pytest.mark.parametrize("rho_bar,c_bar", [(1.0, 1.0), (0.5, 0.9), (2.0, 1.0), (100.0, 100.0)])
+@pytest.mark.parametrize("rho_bar,c_bar,lam", [(1.0, 1.0, 1.0), (0.5, 0.9, 1.0), (2.0, 1.0, 1.0),
+                                               (100.0, 100.0, 1.0), (1.0, 1.0, 0.95), (0.5, 0.9, 0.5)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_vtrace_matches_reference(rho_bar, c_bar, seed):
+def test_vtrace_matches_reference(rho_bar, c_bar, lam, seed):
     rng = np.random.default_rng(seed)
     T, B = 7, 5
     behaviour = rng.normal(size=(T, B))
@@ -37,9 +39,10 @@ def test_vtrace_matches_reference(rho_bar, c_bar, seed):
     dones = rng.random((T, B)) < 0.2
     discounts = 0.97 * (1 - dones)
     values, bootstrap = rng.normal(size=(T, B)), rng.normal(size=B)
-    vs_ref, pg_ref = reference(target - behaviour, rewards, discounts, values, bootstrap, rho_bar, c_bar)
+    vs_ref, pg_ref = reference(target - behaviour, rewards, discounts, values, bootstrap, rho_bar, c_bar, lam)
     t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
-    out = vtrace(t(behaviour), t(target), t(rewards), t(discounts), t(values), t(bootstrap), rho_bar, c_bar)
+    out = vtrace(t(behaviour), t(target), t(rewards), t(discounts), t(values), t(bootstrap), rho_bar, c_bar,
+                 lambda_=lam)
     np.testing.assert_allclose(out.vs.numpy(), vs_ref, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(out.pg_advantages.numpy(), pg_ref, rtol=1e-10, atol=1e-10)
 
@@ -58,3 +61,20 @@ def test_on_policy_vtrace_is_n_step_return():
         ret = rewards[s] + g * ret
         expected[s] = ret
     np.testing.assert_allclose(out.vs.numpy(), expected, rtol=1e-10)
+
+
+def test_on_policy_lambda_targets_are_gae():
+    """On-policy, v_s - V(x_s) is GAE(gamma, lambda)'s advantage."""
+    T, B, g, lam = 8, 4, 0.99, 0.9
+    rng = np.random.default_rng(4)
+    rewards, values, bootstrap = rng.normal(size=(T, B)), rng.normal(size=(T, B)), rng.normal(size=B)
+    z = torch.zeros(T, B, dtype=torch.float64)
+    out = vtrace(z, z, torch.tensor(rewards), torch.full((T, B), g, dtype=torch.float64), torch.tensor(values),
+                 torch.tensor(bootstrap), lambda_=lam)
+    v_next = np.concatenate([values[1:], bootstrap[None]], 0)
+    deltas = rewards + g * v_next - values
+    gae, acc = np.zeros((T, B)), np.zeros(B)
+    for s in reversed(range(T)):
+        acc = deltas[s] + g * lam * acc
+        gae[s] = acc
+    np.testing.assert_allclose(out.vs.numpy() - values, gae, rtol=1e-10)

@@ -1,9 +1,9 @@
 """The optimiser side of the learner: pure torch, no NATS, so it is testable alone.
 
-One `update` = forward over the batch (plus the target network for APPO),
-V-trace, loss, backward, gradient clip, Adam step. With several processes
-(torch.distributed initialised), gradients are averaged across them before
-the step, so N devices on N shards of a batch equal one device on all of it.
+One `update` = targets over the batch (V-trace on whole trajectories, from the
+target network for APPO), then minibatch steps: loss, backward, gradient clip,
+Adam. With several processes (torch.distributed initialised), gradients are
+averaged across them before each step, so N devices on N shards of a batch equal one device on all of it.
 """
 from __future__ import annotations
 
@@ -20,7 +20,23 @@ from shared.envs import EnvSpec
 from shared.fragment import rebuild_stacks
 from shared.models import ActorCritic, build_model
 
-BATCH_KEYS = ("obs", "actions", "logits", "rewards", "dones")
+
+def minibatch_indices(T: int, B: int, n: int, seed: int, offset: int = 0,
+                      global_columns: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """n disjoint minibatches of (t, b) sample indices covering a [T, B] batch;
+    each takes a random T/n of every column's timesteps.
+
+    Why single samples and not whole columns: T consecutive steps of one env
+    are nearly one sample, so a minibatch of a few columns gives a gradient of
+    a few envs (measured on Pong: no learning in 300k steps); PPO shuffles
+    samples for the same reason. The keys are drawn for the *global* batch
+    (`global_columns`, this rank's columns starting at `offset`) from a seed
+    every rank shares, so N ranks take exactly the minibatch one device would."""
+    global_columns = global_columns or B
+    keys = torch.rand(global_columns, T, generator=torch.Generator().manual_seed(seed))[offset:offset + B]
+    order = keys.argsort(dim=1)  # [B, T]: each column's timesteps in random order
+    cols = torch.arange(B).unsqueeze(1)
+    return [(part.reshape(-1), cols.expand_as(part).reshape(-1)) for part in order.tensor_split(n, dim=1)]
 
 
 class Trainer:
@@ -60,38 +76,87 @@ class Trainer:
             [float(batch.get("fresh_steps", 0)), float(T * B), lag_sum, float(B)], self.device)
         return out | {"fresh_steps": fresh, "trained_steps": trained, "policy_lag": lag / max(cols, 1.0)}
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    @torch.no_grad()
+    def targets(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Everything a pass over the batch needs, computed once and without
+        gradient: stacked observations, the reference policy's logits (APPO: the
+        target network; IMPALA: the learner's policy as the pass starts) and its
+        values, and from them the V-trace targets and advantages of the whole
+        trajectories. All [T, B, ...]."""
         cfg = self.cfg
         obs = self.observations(batch)
         T, B = batch["actions"].shape
-        x = self.model.prepare(obs.reshape((T + 1) * B, *obs.shape[2:]))  # once, for model and target
+        ref = self.target if self.target is not None else self.model
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logits, values, recon = self.model.forward_prepared(x, with_recon=cfg.latent_ae,
-                                                                recon_fraction=cfg.ae_fraction)
-        logits = logits.float().view(T + 1, B, -1)
-        values = values.float().view(T + 1, B)
+            ref_logits, ref_values, _ = ref.forward_prepared(ref.prepare(obs.reshape((T + 1) * B, *obs.shape[2:])),
+                                                             with_recon=False)
+        ref_logits = ref_logits.float().view(T + 1, B, -1)[:T]
+        ref_values = ref_values.float().view(T + 1, B)
         rewards = batch["rewards"].float()
         if self.spec.clip_rewards:
             rewards = rewards.clamp(-1.0, 1.0)
         discounts = cfg.gamma * (1.0 - batch["dones"].float())
-        common = dict(rho_bar=cfg.rho_bar, c_bar=cfg.c_bar, value_coef=cfg.value_coef, entropy_coef=cfg.entropy_coef,
-                      normalize_advantages=cfg.normalize_advantages)
+        vt = losses.vtrace_targets(batch["logits"], ref_logits, batch["actions"], rewards, discounts,
+                                   ref_values[:T], ref_values[T], rho_bar=cfg.rho_bar, c_bar=cfg.c_bar,
+                                   lambda_=cfg.vtrace_lambda, normalize_advantages=cfg.normalize_advantages)
+        return {"obs": obs[:T], "actions": batch["actions"], "behaviour_logits": batch["logits"],
+                "ref_logits": ref_logits, "vs": vt.vs, "adv": vt.pg_advantages, "rhos": vt.rhos}
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One pass over a batch: targets once, then `minibatches` optimiser steps,
+        each on a random share of the batch's samples. Why: sample efficiency on
+        Atari comes from optimiser steps per agent step (PPO's epochs x
+        minibatches); a big batch taken in one step learns per sample several
+        times slower."""
+        T, B = batch["actions"].shape
+        prep = self.targets(batch)
+        offset, columns = 0, B
+        if distributed.active():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            offset, columns = rank * B, world * B  # every rank holds an equal share of the columns
+        parts = minibatch_indices(T, B, min(self.cfg.minibatches, T), self.cfg.seed * 1_000_003 + self.updates,
+                                  offset, columns)
+        stats: dict[str, float] = {}
+        kl = 0.0
+        for t_idx, b_idx in parts:
+            stats = self._step(prep, t_idx.to(self.device), b_idx.to(self.device))
+            kl += stats["kl"] / len(parts)
+        if self.cfg.lr_kl_target > 0:
+            self._adapt_lr(kl)
+        return stats | {"mean_rho": float(prep["rhos"].mean()), "learning_rate": self.opt.param_groups[0]["lr"]}
+
+    def _adapt_lr(self, kl: float) -> None:
+        """rl_games' adaptive schedule: the largest step size that keeps the policy
+        within lr_kl_target of the data it learns from. Why: a fixed lr small enough
+        for late training wastes the early, sparse-signal phase of Atari games.
+        The KL is averaged over ranks so every rank keeps the same lr."""
+        if distributed.active():
+            kl = distributed.sum_across([kl], self.device)[0] / torch.distributed.get_world_size()
+        lr = self.opt.param_groups[0]["lr"]
+        if kl > 2.0 * self.cfg.lr_kl_target:
+            lr = max(lr / 1.5, 1e-6)
+        elif kl < 0.5 * self.cfg.lr_kl_target:
+            lr = min(lr * 1.5, 1e-2)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+
+    def _step(self, prep: dict[str, torch.Tensor], t_idx: torch.Tensor, b_idx: torch.Tensor) -> dict[str, float]:
+        """One optimiser step on the samples (t_idx[i], b_idx[i]) of a prepared batch."""
+        cfg = self.cfg
+        s = {k: v[t_idx, b_idx] for k, v in prep.items() if k != "rhos"}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits, values, recon = self.model.forward_prepared(self.model.prepare(s["obs"]), with_recon=cfg.latent_ae,
+                                                                recon_fraction=cfg.ae_fraction)
+        logits, values = logits.float(), values.float()
+        common = dict(value_coef=cfg.value_coef, entropy_coef=cfg.entropy_coef)
         if self.target is not None:
-            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                target_logits, _, _ = self.target.forward_prepared(x[:T * B], with_recon=False)
-            out = losses.appo_loss(logits[:T], values[:T], values[T], batch["actions"], batch["logits"],
-                                   target_logits.float().view(T, B, -1), rewards, discounts,
-                                   clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, **common)
+            out = losses.appo_loss(logits, values, s["actions"], s["adv"], s["vs"], s["behaviour_logits"],
+                                   s["ref_logits"], clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, **common)
         else:
-            out = losses.impala_loss(logits[:T], values[:T], values[T], batch["actions"], batch["logits"],
-                                     rewards, discounts, **common)
+            out = losses.impala_loss(logits, values, s["actions"], s["adv"], s["vs"], s["ref_logits"], **common)
         if recon is not None:
             out["recon_loss"] = recon.detach().float()
             out["total"] = out["total"] + cfg.ae_coef * recon.float()
-        return out
-
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        out = self.loss(batch)
         self.opt.zero_grad(set_to_none=True)
         out["total"].backward()
         if distributed.active():

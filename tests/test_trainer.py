@@ -1,0 +1,72 @@
+"""The trainer's sample-efficiency knobs: minibatches and the KL-adaptive learning rate."""
+import torch
+
+from services.learner.trainer import Trainer, minibatch_indices
+from shared.config import RunConfig
+from shared.envs import EnvSpec
+from helpers import random_batch
+
+SPEC = EnvSpec((4,), "float32", 2)
+T, B = 8, 6
+
+
+def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    return random_batch(T, B, seed) | {"versions": torch.arange(B)}
+
+
+def trainer(**overrides) -> Trainer:
+    torch.manual_seed(0)
+    cfg = RunConfig(**{"unroll_length": T, "batch_size": T * B, "reuse": 1} | overrides)
+    return Trainer(cfg, SPEC)
+
+
+def test_minibatches_cover_the_batch_once_with_samples_from_every_column():
+    parts = minibatch_indices(T, B, 4, seed=7)
+    seen = torch.zeros(T, B, dtype=torch.int64)
+    for t_idx, b_idx in parts:
+        assert len(t_idx) == T * B // 4
+        assert set(b_idx.tolist()) == set(range(B))  # every trajectory contributes to every minibatch
+        seen[t_idx, b_idx] += 1
+    assert torch.equal(seen, torch.ones(T, B, dtype=torch.int64))
+    # not whole runs of consecutive steps: the timesteps are shuffled within each column
+    assert any(sorted(t_idx[b_idx == 0].tolist()) != list(range(i * 2, i * 2 + 2)) for i, (t_idx, b_idx) in enumerate(parts))
+
+
+def test_ranks_draw_the_global_minibatch():
+    """Two ranks, each with half the columns, together take one device's minibatches."""
+    whole = minibatch_indices(T, B, 2, seed=3)
+    halves = [minibatch_indices(T, B // 2, 2, seed=3, offset=r * B // 2, global_columns=B) for r in (0, 1)]
+    for i in range(2):
+        want = set(zip(whole[i][0].tolist(), whole[i][1].tolist()))
+        got = {(t, b + r * B // 2) for r in (0, 1) for t, b in zip(halves[r][i][0].tolist(), halves[r][i][1].tolist())}
+        assert got == want
+
+
+def test_each_minibatch_is_one_optimiser_step():
+    one, four = trainer(minibatches=1), trainer(minibatches=4)
+    one.train_on(make_batch())
+    four.train_on(make_batch())
+    assert (one.updates, four.updates) == (1, 4)
+    # four steps move the weights further than one step on the same data
+    start = trainer().model.state_dict()
+    dist = lambda t: sum((t.model.state_dict()[k] - start[k]).norm() for k in start)  # noqa: E731
+    assert dist(four) > dist(one)
+
+
+def test_adaptive_lr_moves_towards_the_kl_target():
+    # the KL is read before each minibatch's step, against the policy the pass started from:
+    # after the first of 4 steps it is > 0, far above a tiny target, so the lr falls
+    high = trainer(lr_kl_target=1e-6, learning_rate=1e-3, minibatches=4)
+    high.train_on(make_batch())
+    assert high.opt.param_groups[0]["lr"] < 1e-3
+    # small steps: KL << a large target, so the lr grows
+    low = trainer(lr_kl_target=1.0, learning_rate=1e-3, minibatches=4)
+    batch = make_batch()
+    with torch.no_grad():
+        batch["logits"] = low.model(batch["obs"][:T].reshape(T * B, 4))[0].view(T, B, 2)
+    stats = low.train_on(batch)
+    assert low.opt.param_groups[0]["lr"] > 1e-3 and stats["learning_rate"] == low.opt.param_groups[0]["lr"]
+    # off: the lr stays where it was set
+    fixed = trainer(learning_rate=1e-3)
+    fixed.train_on(make_batch())
+    assert fixed.opt.param_groups[0]["lr"] == 1e-3
