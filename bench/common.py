@@ -45,16 +45,10 @@ def write_result(name: str, result: dict) -> Path:
 
 
 def load_config(path: Path | str, overrides: list[str]) -> dict:
-    """A preset JSON plus KEY=VALUE overrides (values parsed as JSON where they parse)."""
-    cfg = json.loads(Path(path).read_text())
-    for kv in overrides:
-        key, _, value = kv.partition("=")
-        try:
-            cfg[key] = json.loads(value)
-        except json.JSONDecodeError:
-            cfg[key] = value
-    cfg.setdefault("num_actors", max(1, (os.cpu_count() or 2) - 1))
-    return cfg
+    """A preset JSON plus KEY=VALUE overrides, auto-sized to this machine."""
+    from shared.config import apply_overrides, auto_size
+
+    return auto_size(apply_overrides(json.loads(Path(path).read_text()), overrides))
 
 
 def run_on_stack(config: dict, timeout: float, learner_args: tuple[str, ...] = ()) -> tuple[dict, list[dict]]:

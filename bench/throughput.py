@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
-import os
 import tempfile
 import time
 
-from common import write_result
+from common import load_config, write_result
 
 from services.launcher.stack import ROOT, Stack
 from shared.client import GatewayClient
@@ -98,11 +96,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--name", default="throughput")
     a = p.parse_args()
-    cfg = json.loads(open(a.config).read())
-    for kv in a.set:
-        k, _, v = kv.partition("=")
-        cfg[k] = json.loads(v)
-    cfg.setdefault("num_actors", max(1, (os.cpu_count() or 2) - 1))
+    cfg = load_config(a.config, a.set)
     bare = sum(in_processes(bare_env, cfg, a.seconds / 2))
     rollouts = in_processes(rollout, cfg, a.seconds / 2)
     infer = sum(r[0] for r in rollouts)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from services.launcher.stack import ROOT, Stack
 from shared.client import GatewayClient
+from shared.config import apply_overrides, auto_size
 
 PRESETS = {"CartPole-v1": "cartpole.json", "ALE/Pong-v5": "pong.json"}
 
@@ -29,16 +29,10 @@ def build_config(args: argparse.Namespace) -> dict:
     if args.config:
         cfg.update(json.loads(Path(args.config).read_text()))
     cfg["env_id"] = args.env if args.env else cfg.get("env_id", "CartPole-v1")
-    for kv in args.set:
-        key, _, value = kv.partition("=")
-        try:
-            cfg[key] = json.loads(value)
-        except json.JSONDecodeError:
-            cfg[key] = value
+    apply_overrides(cfg, args.set)
     if args.actors is not None:
         cfg["num_actors"] = args.actors
-    cfg.setdefault("num_actors", max(1, (os.cpu_count() or 2) - 1))
-    return cfg
+    return auto_size(cfg)
 
 
 def progress_line(v: dict) -> str:

@@ -77,19 +77,32 @@ class Trainer:
         return out | {"fresh_steps": fresh, "trained_steps": trained, "policy_lag": lag / max(cols, 1.0)}
 
     @torch.no_grad()
+    def model_input(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's observations as the model reads them, [(T+1) * B, ...] in
+        time-major order (sample (t, b) is row t * B + b): stacks rebuilt and
+        converted to float once, then kept in the batch for as long as the reuse
+        buffer holds it. Why: on CPU the uint8 -> float conversion costs about as
+        much as the encoder's forward pass; done per pass and per minibatch, it
+        took a quarter of the learner's time at reuse 4 (bench/results/learner-profile.json)."""
+        x = batch.get("model_input")
+        if x is None:
+            obs = self.observations(batch)
+            x = batch["model_input"] = self.model.prepare(obs.reshape(-1, *obs.shape[2:]))
+        return x
+
+    @torch.no_grad()
     def targets(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Everything a pass over the batch needs, computed once and without
-        gradient: stacked observations, the reference policy's logits (APPO: the
+        gradient: the model input, the reference policy's logits (APPO: the
         target network; IMPALA: the learner's policy as the pass starts) and its
         values, and from them the V-trace targets and advantages of the whole
-        trajectories. All [T, B, ...]."""
+        trajectories. All [T, B, ...] but the input (see model_input)."""
         cfg = self.cfg
-        obs = self.observations(batch)
+        x = self.model_input(batch)
         T, B = batch["actions"].shape
         ref = self.target if self.target is not None else self.model
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            ref_logits, ref_values, _ = ref.forward_prepared(ref.prepare(obs.reshape((T + 1) * B, *obs.shape[2:])),
-                                                             with_recon=False)
+            ref_logits, ref_values, _ = ref.forward_prepared(x, with_recon=False)
         ref_logits = ref_logits.float().view(T + 1, B, -1)[:T]
         ref_values = ref_values.float().view(T + 1, B)
         rewards = batch["rewards"].float()
@@ -99,7 +112,7 @@ class Trainer:
         vt = losses.vtrace_targets(batch["logits"], ref_logits, batch["actions"], rewards, discounts,
                                    ref_values[:T], ref_values[T], rho_bar=cfg.rho_bar, c_bar=cfg.c_bar,
                                    lambda_=cfg.vtrace_lambda, normalize_advantages=cfg.normalize_advantages)
-        return {"obs": obs[:T], "actions": batch["actions"], "behaviour_logits": batch["logits"],
+        return {"x": x, "actions": batch["actions"], "behaviour_logits": batch["logits"],
                 "ref_logits": ref_logits, "vs": vt.vs, "adv": vt.pg_advantages, "rhos": vt.rhos}
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -143,9 +156,10 @@ class Trainer:
     def _step(self, prep: dict[str, torch.Tensor], t_idx: torch.Tensor, b_idx: torch.Tensor) -> dict[str, float]:
         """One optimiser step on the samples (t_idx[i], b_idx[i]) of a prepared batch."""
         cfg = self.cfg
-        s = {k: v[t_idx, b_idx] for k, v in prep.items() if k != "rhos"}
+        s = {k: v[t_idx, b_idx] for k, v in prep.items() if k not in ("rhos", "x")}
+        x = prep["x"][t_idx * prep["actions"].shape[1] + b_idx]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logits, values, recon = self.model.forward_prepared(self.model.prepare(s["obs"]), with_recon=cfg.latent_ae,
+            logits, values, recon = self.model.forward_prepared(x, with_recon=cfg.latent_ae,
                                                                 recon_fraction=cfg.ae_fraction)
         logits, values = logits.float(), values.float()
         common = dict(value_coef=cfg.value_coef, entropy_coef=cfg.entropy_coef)

@@ -1,0 +1,85 @@
+"""The learner's own ceiling: trained samples/s of the optimiser alone (no
+transport, no actors) on batches shaped like the preset's, and where a pass's
+time goes. Read it beside bench/throughput.py: the whole stack's trained
+samples/s cannot beat this, and at K-fold reuse it samples at most 1/K of it.
+
+    python bench/learner.py [--config configs/pong.json] [--threads 1 2] [--set key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from common import load_config, write_result
+
+from services.launcher.stack import ROOT
+from services.learner.trainer import Trainer
+from shared.config import RunConfig
+from shared.envs import env_spec
+
+
+def synthetic_batch(cfg: RunConfig, num_actions: int, seed: int) -> dict[str, torch.Tensor]:
+    """A batch with the preset's shapes (Atari frames + stack context); content random."""
+    g = torch.Generator().manual_seed(seed)
+    T, B = cfg.unroll_length, cfg.batch_columns
+    return {"obs": torch.randint(0, 256, (T + 1, B, 84, 84), dtype=torch.uint8, generator=g),
+            "context": torch.randint(0, 256, (B, 3, 84, 84), dtype=torch.uint8, generator=g),
+            "actions": torch.randint(0, num_actions, (T, B), generator=g),
+            "logits": torch.randn(T, B, num_actions, generator=g), "rewards": torch.zeros(T, B),
+            "dones": (torch.rand(T, B, generator=g) < 0.01).to(torch.uint8)}
+
+
+def timed(fn, repeats: int) -> float:
+    """Mean seconds per call, after one warm-up call."""
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) / repeats
+
+
+def measure(cfg: RunConfig, threads: int, repeats: int) -> dict:
+    torch.set_num_threads(threads)
+    spec = env_spec(cfg.env_id)
+    torch.manual_seed(cfg.seed)
+    trainer = Trainer(cfg, spec)
+    samples = cfg.unroll_length * cfg.batch_columns
+    batches = [synthetic_batch(cfg, spec.num_actions, i) for i in range(repeats + 1)]
+    it = iter(batches)
+    # Steady state of the reuse buffer: each new batch costs `reuse` passes.
+    for b in batches[:cfg.reuse]:
+        trainer.train_on(b)
+    per_batch = timed(lambda: trainer.train_on(next(it, batches[0])), repeats)
+    b = batches[0]
+    frames = trainer.observations(b)
+    flat = frames.reshape(-1, *frames.shape[2:])
+    prepare = timed(lambda: trainer.model.prepare(flat), repeats)
+    x = trainer.model.prepare(flat)
+    with torch.no_grad():
+        forward = timed(lambda: trainer.model.forward_prepared(x, with_recon=False), repeats)
+    return {"threads": threads, "samples_per_batch": samples, "seconds_per_new_batch": per_batch,
+            "trained_samples_per_s": samples * cfg.reuse / per_batch,
+            "fresh_agent_steps_per_s_ceiling": samples / per_batch,
+            "prepare_ms_per_batch": prepare * 1e3, "forward_ms_per_batch": forward * 1e3,
+            "optimiser_steps_per_new_batch": cfg.reuse * cfg.minibatches}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config", default=str(ROOT / "configs" / "pong.json"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--repeats", type=int, default=6)
+    p.add_argument("--name", default="learner")
+    a = p.parse_args()
+    cfg = RunConfig(**load_config(a.config, a.set))
+    rows = [measure(cfg, t, a.repeats) for t in a.threads]
+    for r in rows:
+        print(f"threads {r['threads']}: {r['trained_samples_per_s']:.0f} trained samples/s, "
+              f"ceiling {r['fresh_agent_steps_per_s_ceiling']:.0f} fresh agent steps/s at reuse {cfg.reuse}")
+    write_result(a.name, {"config": cfg.model_dump(), "results": rows})
+
+
+if __name__ == "__main__":
+    main()
