@@ -2,7 +2,7 @@
 
 Variants (each on the whole stack, same seed and budget):
   impala        V-trace PG, Nature CNN, no replay, batches assembled in line (no prefetch)
-  +appo         IMPACT loss with target network and 2-fold batch reuse
+  +appo         IMPACT loss with target network and the preset's K-fold batch reuse
   +replay       half of each batch from the replay shards
   +latent_ae    latent auto-encoder encoder instead of the Nature CNN
   +prefetch     parallel data loading (all on)
@@ -24,18 +24,18 @@ from services.launcher.stack import ROOT
 BASE = {"algorithm": "impala", "reuse": 1, "replay_proportion": 0.0, "latent_ae": False, "prefetch": False}
 STEPS = [
     ("impala", {}),
-    ("+appo", {"algorithm": "appo", "reuse": 2}),
+    ("+appo", {"algorithm": "appo", "reuse": None}),  # None: the preset's reuse
     ("+replay", {"replay_proportion": 0.5}),
     ("+latent_ae", {"latent_ae": True}),
     ("+prefetch", {"prefetch": True}),
 ]
 
 
-def variants() -> list[tuple[str, dict]]:
+def variants(preset: dict) -> list[tuple[str, dict]]:
     """Cumulative: each variant adds one switch to the one before."""
     out, cur = [], dict(BASE)
     for name, change in STEPS:
-        cur = cur | change
+        cur = cur | {k: preset.get(k, 2) if v is None else v for k, v in change.items()}
         out.append((name, dict(cur)))
     return out
 
@@ -49,7 +49,7 @@ def main() -> None:
     a = p.parse_args()
     base = load_config(ROOT / "configs" / "pong.json", a.set)
     rows = []
-    for name, switches in variants():
+    for name, switches in variants(base):
         if a.only and name not in a.only:
             continue
         cfg = base | switches | {"max_seconds": a.minutes_per_variant * 60,

@@ -70,3 +70,31 @@ def test_adaptive_lr_moves_towards_the_kl_target():
     fixed = trainer(learning_rate=1e-3)
     fixed.train_on(make_batch())
     assert fixed.opt.param_groups[0]["lr"] == 1e-3
+
+
+def test_frame_input_is_built_once_per_batch_and_matches_the_stacks():
+    """The float model input is made on a batch's first pass and reused by later
+    passes of the reuse buffer; it must be exactly the rebuilt stacks, row t * B + b."""
+    from shared.envs import env_spec
+    from shared.fragment import rebuild_stacks
+
+    Ti, Bi = 4, 2
+    cfg = RunConfig(env_id="ALE/Pong-v5", unroll_length=Ti, batch_size=Ti * Bi, reuse=2, minibatches=2,
+                    latent_ae=True)
+    tr = Trainer(cfg, env_spec(cfg.env_id))
+
+    def frames(seed: int) -> dict:
+        g = torch.Generator().manual_seed(seed)
+        return {"obs": torch.randint(0, 256, (Ti + 1, Bi, 84, 84), dtype=torch.uint8, generator=g),
+                "context": torch.randint(0, 256, (Bi, 3, 84, 84), dtype=torch.uint8, generator=g),
+                "actions": torch.randint(0, 6, (Ti, Bi), generator=g), "logits": torch.randn(Ti, Bi, 6, generator=g),
+                "rewards": torch.zeros(Ti, Bi), "dones": torch.tensor([[0, 0], [1, 0], [0, 0], [0, 1]], dtype=torch.uint8)}
+
+    batch = frames(0)
+    tr.train_on(batch)
+    x = batch["model_input"]
+    tr.train_on(frames(1))  # a second batch; the first one is trained on again
+    assert batch["model_input"] is x
+    want = rebuild_stacks(batch["obs"], batch["context"], batch["dones"]).reshape(-1, 4, 84, 84).float() / 255.0
+    assert torch.allclose(x, want, rtol=1e-6, atol=0)
+    assert x.is_contiguous(memory_format=torch.channels_last)

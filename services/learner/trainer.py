@@ -83,7 +83,7 @@ class Trainer:
         converted to float once, then kept in the batch for as long as the reuse
         buffer holds it. Why: on CPU the uint8 -> float conversion costs about as
         much as the encoder's forward pass; done per pass and per minibatch, it
-        took a quarter of the learner's time at reuse 4 (bench/results/learner-profile.json)."""
+        took a quarter of the learner's time at reuse 4 (bench/learner.py)."""
         x = batch.get("model_input")
         if x is None:
             obs = self.observations(batch)
