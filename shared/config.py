@@ -47,6 +47,9 @@ class RunConfig(BaseModel):
     ae_fraction: float = Field(0.125, gt=0.0, le=1.0, description="share of each batch the decoder reconstructs (it costs more than the encoder)")
     batch_size: int = Field(512, ge=2, le=MAX_BATCH_STEPS, description="agent steps per learner batch (T x B)")
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate")
+    lr_schedule: list[tuple[int, float]] = Field(
+        default_factory=list, description="piecewise-linear learning rate over fresh agent steps trained: [[steps, lr], ...], "
+        "starting from learning_rate at step 0 and held after the last point; []: constant")
     lr_kl_target: float = Field(0.0, ge=0.0, le=10.0, description="adaptive learning rate: >0 scales it by 1.5 down/up after each pass when KL(behaviour || policy) is above twice / below half this (rl_games); 0: constant")
     adam_eps: float = Field(1e-5, gt=0.0, le=1.0, description="Adam epsilon")
     max_grad_norm: float = Field(1.0, gt=0.0, le=1e6, description="global gradient-norm clip")
@@ -100,8 +103,27 @@ class RunConfig(BaseModel):
                              "each minibatch takes a share of every trajectory's steps")
         if self.model in ("nature_cnn", "impala_resnet") and not self.env_id.startswith("ALE/"):
             raise ValueError(f"model {self.model!r} needs an image env (ALE/...)")
+        self._schedule_valid()
         self._fits_in_memory()
         return self
+
+    def _schedule_valid(self) -> None:
+        steps = [s for s, _ in self.lr_schedule]
+        if any(s <= 0 for s in steps) or steps != sorted(set(steps)):
+            raise ValueError("lr_schedule steps must be positive and strictly increasing")
+        if any(not 0.0 <= lr <= 1.0 for _, lr in self.lr_schedule):
+            raise ValueError("lr_schedule learning rates must be in [0, 1]")
+        if self.lr_schedule and self.lr_kl_target > 0:
+            raise ValueError("lr_schedule and lr_kl_target both set the learning rate: use one")
+
+    def learning_rate_at(self, steps: float) -> float:
+        """The scheduled learning rate after `steps` fresh agent steps were trained."""
+        lr0, s0 = self.learning_rate, 0.0
+        for s1, lr1 in self.lr_schedule:
+            if steps < s1:
+                return lr0 + (lr1 - lr0) * (steps - s0) / (s1 - s0)
+            s0, lr0 = s1, lr1
+        return lr0
 
     def _fits_in_memory(self) -> None:
         """Refuse sizes whose buffers would not fit in one process (rough upper estimate)."""

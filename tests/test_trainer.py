@@ -1,4 +1,6 @@
-"""The trainer's sample-efficiency knobs: minibatches and the KL-adaptive learning rate."""
+"""The trainer's sample-efficiency knobs: minibatches and the learning-rate schedules (KL-adaptive, piecewise linear)."""
+import pydantic
+import pytest
 import torch
 
 from services.learner.trainer import Trainer, minibatch_indices
@@ -98,3 +100,28 @@ def test_frame_input_is_built_once_per_batch_and_matches_the_stacks():
     want = rebuild_stacks(batch["obs"], batch["context"], batch["dones"]).reshape(-1, 4, 84, 84).float() / 255.0
     assert torch.allclose(x, want, rtol=1e-6, atol=0)
     assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_lr_schedule_follows_fresh_steps_trained_and_survives_a_checkpoint():
+    cfg = RunConfig(learning_rate=1e-3, lr_schedule=[[100, 1e-3], [300, 1e-4]])
+    assert [cfg.learning_rate_at(s) for s in (0, 100, 200, 300, 10_000)] == \
+        [1e-3, 1e-3, cfg.learning_rate_at(200), 1e-4, 1e-4]
+    assert abs(cfg.learning_rate_at(200) - 5.5e-4) < 1e-12
+    tr = trainer(learning_rate=1e-3, lr_schedule=[[T * B, 1e-3], [3 * T * B, 1e-4]])
+    lrs = []
+    for i in range(4):  # each batch holds T * B fresh steps; the lr is set from the steps trained before it
+        lrs.append(tr.step(make_batch(i) | {"fresh_steps": torch.tensor(T * B)})["learning_rate"])
+    assert lrs[:2] == [1e-3, 1e-3] and abs(lrs[2] - 5.5e-4) < 1e-9 and abs(lrs[3] - 1e-4) < 1e-9
+    assert tr.fresh_steps == 4 * T * B
+    resumed = trainer(learning_rate=1e-3, lr_schedule=[[T * B, 1e-3], [3 * T * B, 1e-4]])
+    resumed.load_state(tr.state())
+    assert resumed.fresh_steps == 4 * T * B
+    assert resumed.step(make_batch(5))["learning_rate"] == 1e-4
+
+
+def test_lr_schedule_is_validated():
+    for bad in ([[0, 1e-3]], [[200, 1e-3], [100, 1e-4]], [[100, 2.0]]):
+        with pytest.raises(pydantic.ValidationError, match="lr_schedule"):
+            RunConfig(lr_schedule=bad)
+    with pytest.raises(pydantic.ValidationError, match="lr_kl_target"):
+        RunConfig(lr_schedule=[[100, 1e-4]], lr_kl_target=0.01)

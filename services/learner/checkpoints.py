@@ -118,7 +118,7 @@ def snapshot(session: "RunSession") -> dict:
         "config": session.cfg.model_dump(mode="json"), "run_id": session.run_id,
         "agent_steps": pr.agent_steps, "episodes": pr.episodes, "version": session.version,
         "returns": list(pr.returns), "lengths": list(pr.lengths),
-        "trained_steps": session.trained_steps, "fresh_trained_steps": session.fresh_trained_steps,
+        "trained_steps": session.trained_steps,
         "elapsed": time.time() - session.t0, "saved_at": time.time(), "rng": rng_state(),
     }
 
@@ -142,7 +142,6 @@ def restore(session: "RunSession", state: dict, floor: dict) -> None:
     session.progress.returns.extend(float(r) for r in state.get("returns", []))
     session.progress.lengths.extend(int(n) for n in state.get("lengths", []))
     session.trained_steps = max(int(state.get("trained_steps", 0)), int(floor.get("trained_steps") or 0))
-    session.fresh_trained_steps = int(state.get("fresh_trained_steps", 0))
     elapsed = max(float(state.get("elapsed", 0.0)), float(floor.get("elapsed") or 0.0))
     session.t0 = time.time() - elapsed
     session.series_prev = (time.time(), steps, session.trained_steps)

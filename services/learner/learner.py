@@ -102,7 +102,6 @@ class RunSession:
         self.version = 0
         self.t0 = time.time()
         self.trained_steps = 0
-        self.fresh_trained_steps = 0
         self.data_wait = 0.0
         self.train_time = 0.0
         self.last_losses: dict[str, float] = {}
@@ -191,7 +190,7 @@ class RunSession:
 
     def _account(self, stats: dict[str, float]) -> None:
         self.trained_steps += int(stats.pop("trained_steps"))
-        self.fresh_trained_steps += int(stats.pop("fresh_steps"))
+        stats.pop("fresh_steps")
         self.last_lag = stats.pop("policy_lag")
         self.version = self.trainer.updates
         self.last_losses = stats
@@ -241,7 +240,7 @@ class RunSession:
         return {
             "time": now, "elapsed": now - self.t0, "agent_steps": steps,
             "steps_per_s": (steps - steps_prev) / dt,
-            "trained_steps": self.trained_steps, "fresh_trained_steps": self.fresh_trained_steps,
+            "trained_steps": self.trained_steps, "fresh_trained_steps": self.trainer.fresh_steps,
             "trained_per_s": (self.trained_steps - trained_prev) / dt,
             "updates": self.trainer.updates, "version": self.version,
             "mean_return": self.progress.mean_return, "episodes": self.progress.episodes,

@@ -49,6 +49,7 @@ class Trainer:
             self.target = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
         self.updates = 0
+        self.fresh_steps = 0  # fresh agent steps trained, summed over ranks: the lr schedule's clock
         # IMPACT's circular buffer: each batch stays for `reuse` steps, trained once per step.
         self.reuse_buffer: collections.deque = collections.deque(maxlen=cfg.reuse)
         self.autocast = self.device.type == "cuda"
@@ -71,9 +72,12 @@ class Trainer:
         """train_on, plus what was trained summed over every rank (for metrics)."""
         T, B = batch["actions"].shape
         lag_sum = float((self.updates - batch["versions"]).sum()) if "versions" in batch else 0.0
+        if self.cfg.lr_schedule:
+            self.set_learning_rate(self.cfg.learning_rate_at(self.fresh_steps))
         out = self.train_on(batch)
         fresh, trained, lag, cols = distributed.sum_across(
             [float(batch.get("fresh_steps", 0)), float(T * B), lag_sum, float(B)], self.device)
+        self.fresh_steps += int(fresh)
         return out | {"fresh_steps": fresh, "trained_steps": trained, "policy_lag": lag / max(cols, 1.0)}
 
     @torch.no_grad()
@@ -150,6 +154,9 @@ class Trainer:
             lr = max(lr / 1.5, 1e-6)
         elif kl < 0.5 * self.cfg.lr_kl_target:
             lr = min(lr * 1.5, 1e-2)
+        self.set_learning_rate(lr)
+
+    def set_learning_rate(self, lr: float) -> None:
         for g in self.opt.param_groups:
             g["lr"] = lr
 
@@ -186,7 +193,7 @@ class Trainer:
         """Everything a checkpoint needs (plain tensors and numbers: loads with weights_only=True)."""
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "target": self.target.state_dict() if self.target is not None else None,
-                "updates": self.updates}
+                "updates": self.updates, "fresh_steps": self.fresh_steps}
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -194,4 +201,5 @@ class Trainer:
         if self.target is not None and state.get("target") is not None:
             self.target.load_state_dict(state["target"])
         self.updates = int(state["updates"])
+        self.fresh_steps = int(state.get("fresh_steps", state.get("fresh_trained_steps", 0)))
 
