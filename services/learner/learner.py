@@ -190,7 +190,6 @@ class RunSession:
 
     def _account(self, stats: dict[str, float]) -> None:
         self.trained_steps += int(stats.pop("trained_steps"))
-        stats.pop("fresh_steps")
         self.last_lag = stats.pop("policy_lag")
         self.version = self.trainer.updates
         self.last_losses = stats

@@ -69,7 +69,8 @@ class Trainer:
         return stats
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """train_on, plus what was trained summed over every rank (for metrics)."""
+        """train_on, plus what was trained summed over every rank (for metrics; the
+        fresh steps are added to `fresh_steps`, the lr schedule's clock)."""
         T, B = batch["actions"].shape
         lag_sum = float((self.updates - batch["versions"]).sum()) if "versions" in batch else 0.0
         if self.cfg.lr_schedule:
@@ -78,7 +79,7 @@ class Trainer:
         fresh, trained, lag, cols = distributed.sum_across(
             [float(batch.get("fresh_steps", 0)), float(T * B), lag_sum, float(B)], self.device)
         self.fresh_steps += int(fresh)
-        return out | {"fresh_steps": fresh, "trained_steps": trained, "policy_lag": lag / max(cols, 1.0)}
+        return out | {"trained_steps": trained, "policy_lag": lag / max(cols, 1.0)}
 
     @torch.no_grad()
     def model_input(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
