@@ -37,11 +37,13 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for f in a.files:
+    for i, f in enumerate(a.files):
         path = Path(f) if Path(f).exists() else RESULTS / f
         rows = rows_of(json.loads(path.read_text()))
+        # Ten colours, then the same colours dashed: no two curves look alike.
+        style = {"color": f"C{i % 10}", "linestyle": "-" if i < 10 else "--"}
         for ax, col in ((axes[0], 0), (axes[1], 1)):
-            ax.plot([r[col] for r in rows], [r[2] for r in rows], label=path.stem)
+            ax.plot([r[col] for r in rows], [r[2] for r in rows], label=path.stem, **style)
     for ax, label in ((axes[0], "agent steps"), (axes[1], "seconds")):
         ax.axhline(18, color="gray", linestyle="--", linewidth=0.8)
         ax.set_xlabel(label)
