@@ -74,6 +74,9 @@ class RunConfig(BaseModel):
     publish_interval: float = Field(0.2, ge=0.0, le=3600.0, description="min seconds between weight publications")
     prefetch: bool = Field(True, description="parallel data loading: assemble batches ahead of the optimiser")
     prefetch_batches: int = Field(2, ge=1, le=64, description="batches assembled ahead of the optimiser")
+    bf16: Literal["auto", "on", "off"] = Field(
+        "auto", description="bf16 autocast of the learner's image model: auto = on GPUs and on CPUs with native bf16 "
+        "(AVX512-BF16 or AMX), where it trains 1.3-1.7x faster; vector models stay float32 (unclipped returns)")
     learner_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads in the learner on CPU")
     # --- fault tolerance ----------------------------------------------------
     checkpoint_interval_s: float = Field(30.0, ge=0.0, le=86_400.0, description="seconds between checkpoints (0: off)")

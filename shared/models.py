@@ -68,8 +68,31 @@ class ImpalaResNet(nn.Module):
         return self.fc(self.conv(x))
 
 
+class UpConv(nn.Module):
+    """Upsampling by `stride` with a 2*stride kernel: the linear map of
+    ConvTranspose2d(c_in, c_out, 2 * stride, stride), computed as a 2x2
+    convolution (padding 1) to c_out * stride**2 channels and a depth-to-space
+    reshape. Why: PyTorch's CPU transposed convolution takes a slow path
+    (measured: 5.2 ms forward and backward for the decoder's last layer on 16
+    samples, against 2.4 ms this way), and each output block of stride x stride
+    pixels reads the same 2x2 input neighbourhood either way."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out * stride * stride, 2, padding=1)
+        self.c_out, self.stride = c_out, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)  # [N, c_out * s * s, H + 1, W + 1]
+        n, _, h, w = y.shape
+        s = self.stride
+        # channel index (c, i, j) -> pixel (h * s + i, w * s + j) of channel c
+        return y.reshape(n, self.c_out, s, s, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, self.c_out, h * s, w * s)
+
+
 class LatentAE(nn.Module):
-    """Small conv encoder to a latent of latent_dim, and a mirrored decoder."""
+    """Small conv encoder to a latent of latent_dim, and a mirrored decoder
+    (84 -> 20 -> 9 -> latent -> 9 -> 20 -> 84)."""
 
     def __init__(self, in_ch: int, latent_dim: int):
         super().__init__()
@@ -77,9 +100,7 @@ class LatentAE(nn.Module):
             nn.Conv2d(in_ch, 16, 8, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
             nn.Flatten(), nn.Linear(32 * 9 * 9, latent_dim), nn.ReLU())
         self.dec_fc = nn.Linear(latent_dim, 32 * 9 * 9)
-        self.dec = nn.Sequential(
-            nn.ReLU(), nn.ConvTranspose2d(32, 16, 4, stride=2), nn.ReLU(),
-            nn.ConvTranspose2d(16, in_ch, 8, stride=4))
+        self.dec = nn.Sequential(nn.ReLU(), UpConv(32, 16, 2), nn.ReLU(), UpConv(16, in_ch, 4))
         self.out_dim = latent_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,13 +124,19 @@ class ActorCritic(nn.Module):
         self.value = nn.Linear(encoder.out_dim, 1)
         self.image = image
 
-    def prepare(self, obs: torch.Tensor) -> torch.Tensor:
-        """Model input from raw observations. Images: uint8 -> channels-last float in
-        [0, 1], converted and laid out in one copy (on CPU this conversion costs
-        about as much as the encoder's forward pass)."""
-        if self.image:
-            return obs.to(torch.float32, memory_format=torch.channels_last).mul_(1.0 / 255.0)
-        return obs.float()
+    def prepare(self, obs: torch.Tensor, out: Optional[torch.Tensor] = None,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Model input from raw observations. Images: uint8 -> channels-last floats
+        in [0, 1] of `dtype`, written into `out` when given (a buffer of the right
+        shape and layout). Why the buffer: on CPU a fresh 100 MB tensor per batch
+        costs more in page faults than the conversion itself (measured 70-320 ms,
+        against 8 ms into a reused bf16 buffer), and the learner makes one per batch."""
+        if not self.image:
+            return obs.float()
+        if out is None or out.shape != obs.shape or out.dtype != dtype:
+            out = torch.empty(obs.shape, dtype=dtype, device=obs.device, memory_format=torch.channels_last)
+        # the layout change in uint8 (4x fewer bytes), then a contiguous convert-and-scale
+        return out.copy_(obs.contiguous(memory_format=torch.channels_last)).mul_(1.0 / 255.0)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, value, _ = self.forward_prepared(self.prepare(obs), with_recon=False)

@@ -4,7 +4,7 @@ import torch
 
 from shared.config import RunConfig
 from shared.envs import EnvSpec, VectorEnv
-from shared.models import LatentAE, build_model
+from shared.models import LatentAE, UpConv, build_model
 
 
 def pong_frames(n_steps: int = 120) -> torch.Tensor:
@@ -53,3 +53,24 @@ def test_heads_read_the_latent_and_recon_fraction_subsamples():
 
 def _spec() -> EnvSpec:
     return EnvSpec((4, 84, 84), "uint8", 6, frame_stack=4, clip_rewards=True)
+
+
+def test_upconv_is_the_transposed_convolution_it_replaces():
+    """UpConv(c_in, c_out, s) computes ConvTranspose2d(c_in, c_out, 2s, stride s)
+    exactly, given the same weights rearranged: each output block of s x s pixels
+    reads the 2x2 input neighbourhood, block I from inputs I-1 and I."""
+    torch.manual_seed(0)
+    for c_in, c_out, s, size in ((16, 4, 4, 20), (32, 16, 2, 9)):
+        ct = torch.nn.ConvTranspose2d(c_in, c_out, 2 * s, stride=s)
+        up = UpConv(c_in, c_out, s)
+        w = torch.zeros(c_out, s, s, c_in, 2, 2)
+        for dy in range(2):
+            for dx in range(2):
+                # input I - 1 + dy feeds block I through the transposed kernel's rows (1 - dy) * s ...
+                w[..., dy, dx] = ct.weight[:, :, (1 - dy) * s:(2 - dy) * s, (1 - dx) * s:(2 - dx) * s].permute(1, 2, 3, 0)
+        with torch.no_grad():
+            up.conv.weight.copy_(w.reshape_as(up.conv.weight))
+            up.conv.bias.copy_(ct.bias.repeat_interleave(s * s))
+        x = torch.randn(3, c_in, size, size)
+        assert up(x).shape == ct(x).shape == (3, c_out, (size + 1) * s, (size + 1) * s)
+        assert torch.allclose(up(x), ct(x), atol=1e-5)

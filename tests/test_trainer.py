@@ -74,16 +74,21 @@ def test_adaptive_lr_moves_towards_the_kl_target():
     assert fixed.opt.param_groups[0]["lr"] == 1e-3
 
 
-def test_frame_input_is_built_once_per_batch_and_matches_the_stacks():
-    """The float model input is made on a batch's first pass and reused by later
-    passes of the reuse buffer; it must be exactly the rebuilt stacks, row t * B + b."""
+@pytest.mark.parametrize("bf16", ["off", "on"])
+def test_frame_input_is_built_once_per_batch_and_matches_the_stacks(bf16):
+    """The model input is made on a batch's first pass and reused by later passes
+    of the reuse buffer; it must be exactly the rebuilt stacks, row t * B + b, in
+    float32, or in bf16 when the model runs under bf16 autocast. When a batch
+    leaves the buffer its input's memory is reused for the next batch."""
     from shared.envs import env_spec
     from shared.fragment import rebuild_stacks
 
     Ti, Bi = 4, 2
     cfg = RunConfig(env_id="ALE/Pong-v5", unroll_length=Ti, batch_size=Ti * Bi, reuse=2, minibatches=2,
-                    latent_ae=True)
+                    latent_ae=True, bf16=bf16)
     tr = Trainer(cfg, env_spec(cfg.env_id))
+    dtype = torch.bfloat16 if bf16 == "on" else torch.float32
+    assert tr.autocast == (bf16 == "on") and tr.input_dtype == dtype
 
     def frames(seed: int) -> dict:
         g = torch.Generator().manual_seed(seed)
@@ -98,8 +103,24 @@ def test_frame_input_is_built_once_per_batch_and_matches_the_stacks():
     tr.train_on(frames(1))  # a second batch; the first one is trained on again
     assert batch["model_input"] is x
     want = rebuild_stacks(batch["obs"], batch["context"], batch["dones"]).reshape(-1, 4, 84, 84).float() / 255.0
-    assert torch.allclose(x, want, rtol=1e-6, atol=0)
+    tol = 2.0 ** -8 if dtype == torch.bfloat16 else 1e-6  # bf16 keeps 8 significant bits
+    assert x.dtype == dtype and torch.allclose(x.float(), want, rtol=tol, atol=0)
     assert x.is_contiguous(memory_format=torch.channels_last)
+    third = frames(2)
+    tr.train_on(third)  # the first batch leaves the buffer; the third one's input takes its memory
+    assert "model_input" not in batch and third["model_input"].data_ptr() == x.data_ptr()
+    want3 = rebuild_stacks(third["obs"], third["context"], third["dones"]).reshape(-1, 4, 84, 84).float() / 255.0
+    assert torch.allclose(third["model_input"].float(), want3, rtol=tol, atol=0)
+
+
+def test_bf16_auto_is_for_image_models_only():
+    from services.learner.trainer import use_bf16
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not use_bf16("auto", cpu, image=False) and not use_bf16("auto", cuda, image=False)
+    assert use_bf16("auto", cuda, image=True)
+    assert use_bf16("on", cpu, image=False) and not use_bf16("off", cuda, image=True)
+    assert not trainer().autocast  # CartPole's MLP stays float32 whatever the CPU
 
 
 def test_lr_schedule_follows_fresh_steps_trained_and_survives_a_checkpoint():
