@@ -1,6 +1,7 @@
 """Sampling and training throughput on Atari, against ceilings measured in the same run.
 
-  (1) bare AtariVectorEnv, random actions, in `num_actors` processes
+  (1) bare AtariVectorEnv, random actions, in `num_actors` processes, with the
+      emulator threads the launcher gives each actor
   (2) the actor's own Rollout (env + CPU policy inference + fragment encoding), same processes
   (3) the whole stack (nats-server, gateway, learner, replay, actors): sampled agent steps/s,
       trained steps/s, fresh steps trained/s, wire bytes per agent step, data-wait fraction
@@ -17,7 +18,7 @@ import time
 
 from common import load_config, write_result
 
-from services.launcher.stack import ROOT, Stack
+from services.launcher.stack import ROOT, Stack, env_threads
 from shared.client import GatewayClient
 
 
@@ -26,7 +27,7 @@ def bare_env(cfg: dict, seconds: float, index: int, out) -> None:
 
     from shared.envs import VectorEnv
 
-    env = VectorEnv(cfg["env_id"], cfg["num_envs"], seed=index, num_threads=1)
+    env = VectorEnv(cfg["env_id"], cfg["num_envs"], seed=index, num_threads=env_threads(cfg["num_actors"]))
     env.reset()
     rng = np.random.default_rng(index)
     n, t0 = 0, time.perf_counter()
@@ -43,7 +44,7 @@ def rollout(cfg: dict, seconds: float, index: int, out) -> None:
     from shared.config import RunConfig
 
     torch.set_num_threads(1)
-    r = Rollout(RunConfig(**cfg), "bench", f"a{index}", seed=index, env_threads=1)
+    r = Rollout(RunConfig(**cfg), "bench", f"a{index}", seed=index, env_threads=env_threads(cfg["num_actors"]))
     n, nbytes, t0 = 0, 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         payload, steps = r()

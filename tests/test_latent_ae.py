@@ -1,5 +1,6 @@
 """The latent auto-encoder learns to reconstruct real Pong frames."""
 import numpy as np
+import pytest
 import torch
 
 from shared.config import RunConfig
@@ -74,3 +75,25 @@ def test_upconv_is_the_transposed_convolution_it_replaces():
         x = torch.randn(3, c_in, size, size)
         assert up(x).shape == ct(x).shape == (3, c_out, (size + 1) * s, (size + 1) * s)
         assert torch.allclose(up(x), ct(x), atol=1e-5)
+
+
+def test_actors_get_the_acting_weights_only():
+    """Weights for actors leave out the decoder (the learner's auxiliary loss only);
+    an actor loading them acts exactly as the learner's model does."""
+    from shared.models import load_numpy_state, state_to_numpy
+
+    cfg = RunConfig(env_id="ALE/Pong-v5", latent_ae=True)
+    torch.manual_seed(0)
+    learner_model, actor_model = build_model(cfg, _spec()), build_model(cfg, _spec())
+    arrays = state_to_numpy(learner_model)
+    assert not any(k.startswith("encoder.dec") for k in arrays)
+    full = sum(v.numel() for v in learner_model.state_dict().values())
+    assert sum(a.size for a in arrays.values()) < 0.6 * full  # the decoder is about half of this model
+    load_numpy_state(actor_model, arrays)
+    x = torch.randint(0, 255, (8, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():
+        for a, b in zip(learner_model(x), actor_model(x)):
+            assert torch.equal(a, b)
+    arrays.pop("policy.weight")
+    with pytest.raises(ValueError, match="parameter names"):
+        load_numpy_state(actor_model, arrays)

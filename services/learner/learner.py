@@ -109,6 +109,7 @@ class RunSession:
         self.stop_reason: Optional[str] = None
         self.final_state = RunState.finished
         self.publishing: Optional[asyncio.Task] = None
+        self.publish_wanted = asyncio.Event()
         self.prefetch: Optional[Prefetcher] = None
         self.last_publish = 0.0
         self.series_prev = (self.t0, 0, 0)
@@ -140,7 +141,8 @@ class RunSession:
             self.progress.on_stats(msg.data, self.counters)
 
         subs = [await prefetch.subscribe(self.nc), await self.nc.subscribe(wiring.actor_stats(self.run_id), cb=on_stats)]
-        side = [asyncio.create_task(self._heartbeat(stop)), asyncio.create_task(self._metrics_loop())]
+        side = [asyncio.create_task(self._heartbeat(stop)), asyncio.create_task(self._metrics_loop()),
+                asyncio.create_task(self._publisher())]
         if cfg.prefetch:
             side.append(asyncio.create_task(prefetch.run()))
         try:
@@ -161,10 +163,8 @@ class RunSession:
                 self._account(stats)
                 if self.ckpt_clock.due(self.trainer.updates):
                     await self._checkpoint()
-                if time.time() - self.last_publish >= cfg.publish_interval and (
-                        self.publishing is None or self.publishing.done()):
-                    self.last_publish = time.time()
-                    self.publishing = asyncio.create_task(self._publish_weights())
+                if self._publish_due():
+                    self.publish_wanted.set()
                 self._check_stop()
         finally:
             for task in side:
@@ -177,6 +177,29 @@ class RunSession:
                 p.terminate()
             distributed.shutdown()
         await self._finish()
+
+    def _publish_due(self) -> bool:
+        """After a step: publish every publish_interval, and at once whenever no fresh
+        data is waiting while actors pace themselves (actor_wait > 0). Why the
+        second: those actors are then waiting for exactly these weights; holding
+        them back for the interval makes each actor time out and act on older
+        weights, and the run drops from policy lag 0 into a lag of one batch,
+        which on Pong cost about half the learning speed per step (docs/benchmarks.md)."""
+        if time.time() - self.last_publish >= self.cfg.publish_interval:
+            return True
+        return self.cfg.actor_wait > 0 and self.backlog() == 0
+
+    async def _publisher(self) -> None:
+        """Publishes the newest weights whenever asked; asks made while a publish is
+        under way coalesce into one more, so the last version is never left out.
+        The publish itself is shielded: cancelling this loop at the end of a run
+        leaves it to finish (and `train` waits for it)."""
+        while True:
+            await self.publish_wanted.wait()
+            self.publish_wanted.clear()
+            self.last_publish = time.time()
+            self.publishing = asyncio.create_task(self._publish_weights())
+            await asyncio.shield(self.publishing)
 
     def backlog(self) -> int:
         """Fresh fragments received and not yet trained on (actors pace themselves by it)."""
