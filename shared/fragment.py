@@ -78,7 +78,8 @@ def expected_shapes(spec: EnvSpec, T: int, N: int) -> dict[str, tuple[tuple[int,
 
 def check_header(data: bytes, run_id: str, spec: EnvSpec, T: int) -> dict:
     """Cheap check (no decompression) that a message is a fragment of this run
-    with the right shapes; returns its meta. Raises wire.WireError."""
+    with the right shapes; returns its meta plus `columns`, its checked env
+    count. Raises wire.WireError."""
     meta, specs, _ = wire.decode_header(data)
     if meta.get("kind") != "fragment" or meta.get("run") != run_id:
         raise wire.WireError("not a fragment of this run")
@@ -98,7 +99,7 @@ def check_header(data: bytes, run_id: str, spec: EnvSpec, T: int) -> dict:
         raise wire.WireError("bad env count")
     if got != expected_shapes(spec, T, n):
         raise wire.WireError("shapes or dtypes do not match the run")
-    return meta
+    return {**meta, "columns": n}
 
 
 def decode_fragment(data: bytes, run_id: str, spec: EnvSpec, T: int) -> Fragment:

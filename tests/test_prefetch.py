@@ -1,4 +1,5 @@
-"""The prefetch pipeline: in order, nothing lost under a slow consumer, bounded when overrun."""
+"""The prefetch pipeline: in order, nothing lost under a slow consumer, bounded when overrun;
+its backlog counts every fresh column until it is trained or dropped."""
 import asyncio
 
 import numpy as np
@@ -81,3 +82,25 @@ async def test_fragments_larger_than_a_batch_are_split_without_loss():
         assert batch["actions"].shape == (T, 3) and int(batch["fresh_steps"]) == 3 * T
         cols += [int(v) for v in batch["rewards"][0]]
     assert cols == [0] * 4 + [1] * 4 + [2] * 4
+
+
+async def test_backlog_counts_columns_until_trained_or_dropped():
+    """Actors pace themselves by the backlog: a fragment counts from its arrival
+    until the optimiser has trained on it, also while it is being decoded or
+    waits in an assembled batch, and stops counting when it is dropped."""
+    counters = Counters()
+    p = make(counters, fresh_capacity=4)
+    p.version = lambda: 100
+    for i, version in enumerate((99, 99, 0, 99)):  # fragment 2 is stale: dropped when it is decoded
+        p.offer(fragment(i, version=version))
+    assert p.backlog() == 4
+    p.offer(fragment(4, version=99))  # full: the oldest (0) is dropped on arrival
+    assert counters["dropped_fresh"] == 1 and p.backlog() == 4
+    task = asyncio.create_task(p.run())
+    batch = await asyncio.wait_for(p.queue.get(), 10)
+    assert counters["stale_dropped"] == 1 and [int(batch["rewards"][0, k * N]) for k in range(2)] == [1, 3]
+    # the batch taken off the queue is not trained yet, and fragment 4 is in the next one
+    assert p.backlog() == 3
+    p.consumed(int(batch["fresh_steps"]) // T)
+    assert p.backlog() == 1
+    task.cancel()

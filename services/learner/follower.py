@@ -59,6 +59,7 @@ async def follow(args, stop: asyncio.Event) -> None:
             except asyncio.TimeoutError:
                 continue
             await loop.run_in_executor(pool, trainer.step, batch)
+            prefetch.consumed(int(batch["fresh_steps"]) // cfg.unroll_length)
     finally:
         feeder.cancel()
         distributed.shutdown()

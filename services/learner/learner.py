@@ -160,6 +160,7 @@ class RunSession:
                 t = time.perf_counter()
                 stats = await loop.run_in_executor(self.train_pool, self.trainer.step, batch)
                 self.train_time += time.perf_counter() - t
+                prefetch.consumed(int(batch["fresh_steps"]) // cfg.unroll_length)
                 self._account(stats)
                 if self.ckpt_clock.due(self.trainer.updates):
                     await self._checkpoint()
@@ -203,8 +204,7 @@ class RunSession:
 
     def backlog(self) -> int:
         """Fresh fragments received and not yet trained on (actors pace themselves by it)."""
-        p = self.prefetch
-        return 0 if p is None else len(p.fresh) + p.queue.qsize() * max(1, p.columns // self.cfg.num_envs)
+        return 0 if self.prefetch is None else self.prefetch.backlog()
 
     def _join_group(self, port: int, world: int) -> None:
         """Rank 0 of the data-parallel group; everyone starts from these weights."""

@@ -42,7 +42,10 @@ class Prefetcher:
         self.pool = pool or concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="decode")
         self.columns = columns or cfg.batch_columns  # this rank's share of the batch
         per_batch = math.ceil(self.columns / cfg.num_envs)
-        self.fresh: collections.deque[bytes] = collections.deque()
+        self.fresh: collections.deque[tuple[bytes, int]] = collections.deque()  # (message, env columns)
+        # Fresh env columns received and neither trained (see `consumed`) nor dropped: wherever
+        # they are in the pipeline (queued, decoding, a split fragment's rest, assembled batches).
+        self.pending_columns = 0
         self.fresh_capacity = fresh_capacity or max(8, 4 * per_batch)
         self.arrived = asyncio.Event()
         self.leftover: Optional[Fragment] = None  # the unused columns of the last fresh fragment
@@ -64,10 +67,22 @@ class Prefetcher:
         self.counters.inc("fresh_fragments")
         self.counters.inc("fresh_bytes", len(data))
         if len(self.fresh) >= self.fresh_capacity:
-            self.fresh.popleft()
+            self.pending_columns -= self.fresh.popleft()[1]
             self.counters.inc("dropped_fresh")
-        self.fresh.append(data)
+        self.fresh.append((data, meta["columns"]))
+        self.pending_columns += meta["columns"]
         self.arrived.set()
+
+    def consumed(self, columns: int) -> None:
+        """The optimiser has trained on `columns` fresh env columns."""
+        self.pending_columns -= columns
+
+    def backlog(self) -> int:
+        """Fresh fragments' worth of columns received and not yet trained on. Actors
+        pace themselves by it, so it must count columns wherever they are: one that
+        is being decoded or assembled, left out of the count, would let an actor act
+        ahead on old weights (a policy lag of one batch) while the learner is still busy."""
+        return -(-self.pending_columns // self.cfg.num_envs)
 
     async def subscribe(self, nc) -> object:
         """Receive this run's fresh fragments (split with the other ranks, if any)."""
@@ -101,8 +116,10 @@ class Prefetcher:
                     self.arrived.clear()
                     await self.arrived.wait()
                     continue
-                self.leftover = (await self._decode_all([self.fresh.popleft()], fresh=True) or [None])[0]
-                if self.leftover is None:
+                data, columns = self.fresh.popleft()
+                self.leftover = (await self._decode_all([data], fresh=True) or [None])[0]
+                if self.leftover is None:  # rejected or stale: counted, and no longer pending
+                    self.pending_columns -= columns
                     continue
             f = self.leftover
             if f.num_columns > missing:

@@ -1,0 +1,36 @@
+"""Flow control with actor_lead 1 is synchronous: each fragment is acted with
+the weights trained on the one before (policy lag 0), because the learner
+publishes as soon as it has nothing fresh left to train on, whatever its
+publish_interval. Before, the interval held those weights back, the actor
+timed out (actor_wait) and acted on weights one batch old."""
+import pytest
+
+from shared.client import GatewayClient
+
+from helpers import started_stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def one_actor_stack(tmp_path_factory):
+    with started_stack(tmp_path_factory, "flow", actors=1) as stack:
+        yield stack
+
+
+async def test_actor_lead_1_runs_at_policy_lag_0(one_actor_stack):
+    # One fragment (8 envs x 16 steps) is one batch; the interval would hold every
+    # publication back for 60 s, and an actor that timed out would wait 30 s each time.
+    config = {"env_id": "CartPole-v1", "num_envs": 8, "unroll_length": 16, "batch_size": 128, "reuse": 1,
+              "actor_lead": 1, "actor_wait": 30.0, "publish_interval": 60.0, "max_agent_steps": 128 * 12}
+    stack = one_actor_stack
+    async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
+        await gw.wait_ready()
+        run = await gw.start_run(config)
+        # 12 fragments take seconds; timing out on each would take 360 s
+        final = await gw.wait_final(run["id"], timeout=120)
+        points = await gw.metrics(run["id"])
+    assert final["state"] == "finished" and final["agent_steps"] >= 128 * 12, final
+    trained = [p for p in points if p.get("updates", 0) > 0 and p.get("policy_lag") is not None]
+    assert trained, points
+    assert max(p["policy_lag"] for p in trained) == 0, [p["policy_lag"] for p in trained]
