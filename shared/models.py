@@ -208,8 +208,10 @@ def acting_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
-    """The acting weights as float32 numpy arrays, for the wire (never pickle)."""
-    return {k: v.detach().float().cpu().numpy() for k, v in acting_state(model).items()}
+    """The acting weights as float32 numpy arrays, for the wire (never pickle).
+    Copies: a float32 CPU tensor's .numpy() shares its memory, and the optimiser
+    keeps updating the parameters in place while the event loop encodes them."""
+    return {k: v.detach().to("cpu", torch.float32, copy=True).numpy() for k, v in acting_state(model).items()}
 
 
 def load_numpy_state(model: nn.Module, arrays: dict) -> None:

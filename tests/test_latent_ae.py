@@ -94,6 +94,11 @@ def test_actors_get_the_acting_weights_only():
     with torch.no_grad():
         for a, b in zip(learner_model(x), actor_model(x)):
             assert torch.equal(a, b)
+    # a snapshot, not a view: the optimiser updates parameters in place while it is encoded
+    before = arrays["policy.weight"].copy()
+    with torch.no_grad():
+        learner_model.policy.weight.add_(1.0)
+    assert np.array_equal(arrays["policy.weight"], before)
     arrays.pop("policy.weight")
     with pytest.raises(ValueError, match="parameter names"):
         load_numpy_state(actor_model, arrays)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import copy
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -86,24 +86,36 @@ class Trainer:
             return rebuild_stacks(batch["obs"], batch["context"], batch["dones"])
         return batch["obs"]
 
-    def train_on(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Add a new batch to the reuse buffer and take one update on each batch in it."""
+    def train_on(self, batch: dict[str, torch.Tensor],
+                 after_fresh: Optional[Callable[[], None]] = None) -> dict[str, float]:
+        """Add a new batch to the reuse buffer and take one update on each batch in it:
+        oldest first, or with `fresh_first` the new one first, then `after_fresh()`
+        (the learner publishes the weights there), then the older ones. Returns the
+        stats of the new batch's update."""
         if len(self.reuse_buffer) == self.reuse_buffer.maxlen:  # the oldest batch leaves: recycle its input
             self._spare_input = self.reuse_buffer[0].pop("model_input", None)
         self.reuse_buffer.append(batch)
-        stats: dict[str, float] = {}
-        for b in list(self.reuse_buffer):
-            stats = self.update(b)
+        older = list(self.reuse_buffer)[:-1]
+        if not self.cfg.fresh_first:
+            for b in older:
+                self.update(b)
+        stats = self.update(batch)
+        if after_fresh is not None:
+            after_fresh()
+        if self.cfg.fresh_first:
+            for b in older:
+                self.update(b)
         return stats
 
-    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def step(self, batch: dict[str, torch.Tensor],
+             after_fresh: Optional[Callable[[], None]] = None) -> dict[str, float]:
         """train_on, plus what was trained summed over every rank (for metrics; the
         fresh steps are added to `fresh_steps`, the lr schedule's clock)."""
         T, B = batch["actions"].shape
         lag_sum = float((self.updates - batch["versions"]).sum()) if "versions" in batch else 0.0
         if self.cfg.lr_schedule:
             self.set_learning_rate(self.cfg.learning_rate_at(self.fresh_steps))
-        out = self.train_on(batch)
+        out = self.train_on(batch, after_fresh)
         fresh, trained, lag, cols = distributed.sum_across(
             [float(batch.get("fresh_steps", 0)), float(T * B), lag_sum, float(B)], self.device)
         self.fresh_steps += int(fresh)
