@@ -71,9 +71,6 @@ class RunConfig(BaseModel):
     max_policy_lag: int = Field(50, ge=0, le=1_000_000, description="fragments older than this many versions are dropped")
     actor_wait: float = Field(0.0, ge=0.0, le=60.0, description="flow control: seconds an actor waits for newer weights before a fragment (0: fully async)")
     actor_lead: int = Field(1, ge=1, le=64, description="flow control: fragments an actor may act ahead of the newest weights and of the learner's backlog")
-    fresh_first: bool = Field(False, description="train each new batch before the reused ones and publish the weights "
-                              "right after it: actors then act on weights that have seen their last fragment while the "
-                              "learner trains on older batches (acting overlaps training; policy lag (reuse-1) x minibatches)")
     publish_interval: float = Field(0.2, ge=0.0, le=3600.0, description="min seconds between weight publications")
     prefetch: bool = Field(True, description="parallel data loading: assemble batches ahead of the optimiser")
     prefetch_batches: int = Field(2, ge=1, le=64, description="batches assembled ahead of the optimiser")
@@ -191,16 +188,11 @@ def auto_size(cfg: dict, cpus: Optional[int] = None) -> dict:
     """Fill in the sizes that depend on the machine, where the config leaves them out.
 
     num_actors: one actor process per core but one (the learner's); each steps
-    all its envs on C++ threads. learner_threads: about half the cores. Where
-    actor and learner take turns (actor_lead 1, lag 0), one more than half:
-    on the 2-core machine 2 threads train 10 % faster than 1 in the whole stack
-    (bench/results/throughput-t2.json). With fresh_first they run at the same
-    time, and a second thread that has to share a core with the actor's made
-    the stack 23 % slower (782 against 1,003 agent steps/s,
-    bench/results/throughput-fresh-first.json and throughput-ff-t1.json)."""
+    all its envs on C++ threads. learner_threads: about half the cores; on the
+    2-core machine 2 threads train 10 % faster than 1 in the whole stack even
+    though they share a core with the actor (bench/results/throughput-t2.json)."""
     cpus = cpus or os.cpu_count() or 2
     cfg.setdefault("num_actors", max(1, cpus - 1))
-    half = cpus // 2 if cfg.get("fresh_first") and cfg.get("reuse", 2) > 1 else cpus // 2 + 1
-    cfg.setdefault("learner_threads", max(1, min(8, half)))
+    cfg.setdefault("learner_threads", max(1, min(8, cpus // 2 + 1)))
     return cfg
 

@@ -13,6 +13,3 @@ def test_auto_size_fills_only_what_is_missing():
     assert auto_size({}, cpus=2) == {"num_actors": 1, "learner_threads": 2}
     assert auto_size({}, cpus=16) == {"num_actors": 15, "learner_threads": 8}
     assert auto_size({"num_actors": 4, "learner_threads": 1}, cpus=16) == {"num_actors": 4, "learner_threads": 1}
-    # acting and training at once (fresh_first): the learner takes half the cores, not one more
-    assert auto_size({"fresh_first": True}, cpus=2)["learner_threads"] == 1
-    assert auto_size({"fresh_first": True, "reuse": 1}, cpus=2)["learner_threads"] == 2

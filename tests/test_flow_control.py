@@ -34,24 +34,3 @@ async def test_actor_lead_1_runs_at_policy_lag_0(one_actor_stack):
     trained = [p for p in points if p.get("updates", 0) > 0 and p.get("policy_lag") is not None]
     assert trained, points
     assert max(p["policy_lag"] for p in trained) == 0, [p["policy_lag"] for p in trained]
-
-
-async def test_fresh_first_acts_on_weights_that_saw_the_last_fragment(one_actor_stack):
-    # fresh_first publishes once the new batch is trained (2 minibatch steps), before
-    # the reused batch (2 more). Acting on the first publication, every fragment is
-    # trained first at a lag of exactly those 2 steps: the actor never acts on weights
-    # that have not seen its previous fragment (that would be a lag of 4 or more), though
-    # publish_interval 0 also publishes after every step: while the actor acts, and so
-    # before the learner has its next fragment.
-    config = {"env_id": "CartPole-v1", "num_envs": 8, "unroll_length": 16, "batch_size": 128, "reuse": 2,
-              "minibatches": 2, "fresh_first": True, "actor_lead": 1, "actor_wait": 30.0,
-              "publish_interval": 0.0, "max_agent_steps": 128 * 12}
-    stack = one_actor_stack
-    async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
-        await gw.wait_ready()
-        run = await gw.start_run(config)
-        final = await gw.wait_final(run["id"], timeout=120)
-        points = await gw.metrics(run["id"])
-    assert final["state"] == "finished" and final["agent_steps"] >= 128 * 12, final
-    lags = [p["policy_lag"] for p in points if p.get("updates", 0) > 4 and p.get("policy_lag") is not None]
-    assert lags and set(lags) == {2}, lags

@@ -3,7 +3,7 @@ import pydantic
 import pytest
 import torch
 
-from services.learner.trainer import Trainer, minibatch_indices
+from services.learner.trainer import Trainer, minibatch_indices, take_rows
 from shared.config import RunConfig
 from shared.envs import EnvSpec
 from helpers import random_batch
@@ -147,22 +147,15 @@ def test_lr_schedule_is_validated():
         RunConfig(lr_schedule=[[100, 1e-4]], lr_kl_target=0.01)
 
 
-def test_fresh_first_trains_the_new_batch_first_and_calls_back_between():
-    """fresh_first: the new batch's pass, then the hook (where the learner publishes),
-    then the reused batches; without it the new batch comes last and the two orders
-    end in different weights."""
-    calls = []
-    fresh = trainer(reuse=3, minibatches=2, fresh_first=True)
-    plain = trainer(reuse=3, minibatches=2)
-    seen: list[list[int]] = [[], []]
-    for i, tr in enumerate((fresh, plain)):
-        real = tr.update
-        tr.update = lambda b, real=real, i=i: (seen[i].append(int(b["tag"])), real(b))[1]
-    for step in range(3):
-        fresh.train_on(make_batch(step) | {"tag": torch.tensor(step)}, lambda: calls.append(fresh.updates))
-        plain.train_on(make_batch(step) | {"tag": torch.tensor(step)})
-    assert seen[0] == [0, 1, 0, 2, 0, 1]  # the new batch first, then the buffer oldest first
-    assert seen[1] == [0, 0, 1, 0, 1, 2]
-    assert calls == [2, 2 + 2, 6 + 2]  # right after each new batch's 2 minibatch steps
-    a, b = fresh.model.state_dict(), plain.model.state_dict()
-    assert any(not torch.equal(a[k], b[k]) for k in a)
+@pytest.mark.parametrize("layout", ["channels_last", "vector"])
+def test_take_rows_equals_indexing_and_keeps_the_layout(layout):
+    g = torch.Generator().manual_seed(0)
+    if layout == "vector":
+        x = torch.rand(50, 4, generator=g)
+    else:
+        x = torch.rand(50, 4, 6, 5, generator=g).contiguous(memory_format=torch.channels_last)
+    idx = torch.randperm(50, generator=g)[:17]
+    got = take_rows(x, idx)
+    assert torch.equal(got, x[idx])
+    if layout == "channels_last":
+        assert got.is_contiguous(memory_format=torch.channels_last)

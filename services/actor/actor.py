@@ -141,7 +141,6 @@ class Actor:
         log.info("actor %d joins run %s as %s", self.index, run_id, actor_id)
         steps, last_stats, t_start = 0, 0.0, time.time()
         used: collections.deque[int] = collections.deque(maxlen=cfg.actor_lead)  # versions of recent fragments
-        sent_mark = -1  # notices received when our last fragment went out
         try:
             while active.is_set() and not stop.is_set():
                 if rollout.version < 0:
@@ -149,11 +148,8 @@ class Actor:
                 elif cfg.actor_wait > 0 and len(used) == cfg.actor_lead:
                     # Flow control: act at most actor_lead fragments ahead of the newest weights and of
                     # what the learner has consumed, but never wait forever (the learner may need more
-                    # fragments than one round of actors gives before it can publish). Only notices
-                    # sent after our last fragment count: an earlier one (fresh_first publishes twice
-                    # a step) cannot know that the learner has that fragment yet.
-                    await latest.wait_newer(used[0], cfg.actor_wait, max_backlog=cfg.actor_lead,
-                                            after_notice=sent_mark)
+                    # fragments than one round of actors gives before it can publish).
+                    await latest.wait_newer(used[0], cfg.actor_wait, max_backlog=cfg.actor_lead)
                 if latest.ready is not None and latest.ready[0] > rollout.version:
                     version, arrays = latest.ready
                     load_numpy_state(rollout.model, arrays)  # between rollouts: the worker is idle
@@ -167,7 +163,6 @@ class Actor:
                 except Exception as e:
                     self.counters.inc("publish_failed")
                     log.debug("publish failed: %s", e)
-                sent_mark = latest.notices
                 steps += n
                 now = time.time()
                 if now - last_stats > 0.5:
@@ -214,8 +209,6 @@ class WeightsFeed:
         self.actor, self.run_id = actor, run_id
         self.ready: Optional[tuple[int, dict]] = None
         self.backlog = 0  # the learner's unconsumed fresh fragments, from its last notice
-        self.notices = 0  # notices received so far
-        self.fetched_upto = -1  # `notices` when the fetch behind `ready` began: it is at least that new
         self.notice = asyncio.Event()
         self.fetched = asyncio.Event()
 
@@ -225,13 +218,11 @@ class WeightsFeed:
         except (ValueError, RecursionError):  # deeply nested JSON recurses
             self.actor.counters.inc("rejected_notices")
             return
-        self.notices += 1
         self.notice.set()
 
     async def run(self) -> None:
         while True:
             self.notice.clear()
-            upto = self.notices
             try:
                 got = await weights.fetch(self.actor.assets, self.run_id)
             except Exception as e:  # corrupt or forged object, or a NATS gap: keep the old weights
@@ -240,20 +231,16 @@ class WeightsFeed:
                 got = None
             if got is not None and (self.ready is None or got[0] > self.ready[0]):
                 self.ready = got
-            if got is not None:
-                self.fetched_upto = upto
             self.fetched.set()  # wakes waiters: new weights, or a new backlog figure
             # Nothing published yet (or a failed fetch): poll as well as wait for a notice.
             await _wait_event(self.notice, 0.5 if got is None else 3600.0)
 
-    async def wait_newer(self, version: int, timeout: float, max_backlog: Optional[int] = None,
-                         after_notice: int = -1) -> None:
-        """Until weights newer than `version`, fetched on a notice after the
-        `after_notice`-th, are here and (if given) the learner's backlog is under
-        max_backlog, or the timeout passes."""
+    async def wait_newer(self, version: int, timeout: float, max_backlog: Optional[int] = None) -> None:
+        """Until weights newer than `version` are here and (if given) the learner's
+        backlog is under max_backlog, or the timeout passes."""
         deadline = time.time() + timeout
         while time.time() < deadline and (self.ready is None or self.ready[0] <= version or (
-                self.fetched_upto <= after_notice) or (max_backlog is not None and self.backlog >= max_backlog)):
+                max_backlog is not None and self.backlog >= max_backlog)):
             self.fetched.clear()
             await _wait_event(self.fetched, deadline - time.time())
 
@@ -277,4 +264,3 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
     except asyncio.TimeoutError:
         pass
-

@@ -110,7 +110,6 @@ class RunSession:
         self.final_state = RunState.finished
         self.publishing: Optional[asyncio.Task] = None
         self.publish_wanted = asyncio.Event()
-        self.snapshot: Optional[tuple[int, dict]] = None  # weights taken mid-step (fresh_first), to publish
         self.prefetch: Optional[Prefetcher] = None
         self.last_publish = 0.0
         self.series_prev = (self.t0, 0, 0)
@@ -146,7 +145,6 @@ class RunSession:
                 asyncio.create_task(self._publisher())]
         if cfg.prefetch:
             side.append(asyncio.create_task(prefetch.run()))
-        early = cfg.fresh_first and cfg.reuse > 1  # publish between the new batch and the reused ones
         try:
             while self.stop_reason is None:
                 t = time.perf_counter()
@@ -160,17 +158,13 @@ class RunSession:
                 batch = get.result()
                 self.data_wait += time.perf_counter() - t
                 t = time.perf_counter()
-                columns = int(batch["fresh_steps"]) // cfg.unroll_length
-                after_fresh = self._fresh_trained_hook(loop, columns) if early else None
-                stats = await loop.run_in_executor(self.train_pool, self.trainer.step, batch, after_fresh)
+                stats = await loop.run_in_executor(self.train_pool, self.trainer.step, batch)
                 self.train_time += time.perf_counter() - t
-                if not early:
-                    prefetch.consumed(columns)
+                prefetch.consumed(int(batch["fresh_steps"]) // cfg.unroll_length)
                 self._account(stats)
                 if self.ckpt_clock.due(self.trainer.updates):
                     await self._checkpoint()
                 if self._publish_due():
-                    self.snapshot = None  # the weights as they are now, not an older mid-step snapshot
                     self.publish_wanted.set()
                 self._check_stop()
         finally:
@@ -192,33 +186,9 @@ class RunSession:
         them back for the interval makes each actor time out and act on older
         weights, and the run drops from policy lag 0 into a lag of one batch
         (on Pong: -9.6 at 640k agent steps, against 14 at lag 0; docs/benchmarks.md)."""
-        paced = self.cfg.actor_wait > 0
-        if self.cfg.fresh_first and self.cfg.reuse > 1 and paced:
-            # The mid-step publication is the one paced actors wait for. One at the end
-            # of the step would reach an actor that has just sent its next fragment with
-            # a backlog figure from before that fragment arrived, and it would act a
-            # fragment ahead on weights that never saw it.
-            return False
         if time.time() - self.last_publish >= self.cfg.publish_interval:
             return True
-        return paced and self.backlog() == 0
-
-    def _fresh_trained_hook(self, loop: asyncio.AbstractEventLoop, columns: int):
-        """For `fresh_first`: called in the training thread once the new batch is
-        trained, before the reused ones. It snapshots the weights there (a 2.7 MB
-        copy) and hands them to the event loop, which counts the batch's fragments
-        as consumed (so the notice's backlog lets waiting actors go) and publishes:
-        the actors act on the next fragment while the learner reuses older batches."""
-        def hook() -> None:
-            snapshot = (self.trainer.updates, state_to_numpy(self.trainer.model))
-            loop.call_soon_threadsafe(self._publish_snapshot, columns, snapshot)
-        return hook
-
-    def _publish_snapshot(self, columns: int, snapshot: tuple[int, dict]) -> None:
-        if self.prefetch is not None:
-            self.prefetch.consumed(columns)
-        self.snapshot = snapshot
-        self.publish_wanted.set()
+        return self.cfg.actor_wait > 0 and self.backlog() == 0
 
     async def _publisher(self) -> None:
         """Publishes the newest weights whenever asked; asks made while a publish is
@@ -229,8 +199,7 @@ class RunSession:
             await self.publish_wanted.wait()
             self.publish_wanted.clear()
             self.last_publish = time.time()
-            snapshot, self.snapshot = self.snapshot, None
-            self.publishing = asyncio.create_task(self._publish_weights(snapshot))
+            self.publishing = asyncio.create_task(self._publish_weights())
             await asyncio.shield(self.publishing)
 
     def backlog(self) -> int:
@@ -314,13 +283,11 @@ class RunSession:
             self.counters.inc("metrics_failed")
             log.debug("metrics publish failed: %s", e)
 
-    async def _publish_weights(self, snapshot: Optional[tuple[int, dict]] = None) -> None:
-        """The given (version, arrays), or else the model as it is after the current step."""
-        if snapshot is None:  # read in the training thread: a step queued there first moves both
-            version, arrays = await asyncio.get_running_loop().run_in_executor(
-                self.train_pool, lambda: (self.trainer.updates, state_to_numpy(self.trainer.model)))
-        else:
-            version, arrays = snapshot
+    async def _publish_weights(self) -> None:
+        # Version and weights are read together in the training thread: a step queued
+        # there first moves both (the version read here used to lag the weights).
+        version, arrays = await asyncio.get_running_loop().run_in_executor(
+            self.train_pool, lambda: (self.trainer.updates, state_to_numpy(self.trainer.model)))
         try:
             await weights.publish(self.assets, self.nc, self.run_id, version, arrays, backlog=self.backlog())
         except Exception as e:
@@ -359,4 +326,3 @@ async def _quietly(coro) -> None:
         await coro
     except Exception:
         pass
-

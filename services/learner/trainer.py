@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import copy
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
@@ -37,6 +37,18 @@ def minibatch_indices(T: int, B: int, n: int, seed: int, offset: int = 0,
     order = keys.argsort(dim=1)  # [B, T]: each column's timesteps in random order
     cols = torch.arange(B).unsqueeze(1)
     return [(part.reshape(-1), cols.expand_as(part).reshape(-1)) for part in order.tensor_split(n, dim=1)]
+
+
+def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x[idx] along dim 0, one contiguous copy per row, in x's memory format.
+    Why: advanced indexing walks a channels-last 4-D tensor element by element
+    (1.9 ms for a minibatch of 128 Pong samples on this CPU, against 0.23 ms as
+    rows of the NHWC view): 5 % of the learner's time."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        n, c, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(n, h * w * c).index_select(0, idx)
+        return rows.view(-1, h, w, c).permute(0, 3, 1, 2)
+    return x.index_select(0, idx)
 
 
 def use_bf16(setting: str, device: torch.device, image: bool) -> bool:
@@ -86,36 +98,24 @@ class Trainer:
             return rebuild_stacks(batch["obs"], batch["context"], batch["dones"])
         return batch["obs"]
 
-    def train_on(self, batch: dict[str, torch.Tensor],
-                 after_fresh: Optional[Callable[[], None]] = None) -> dict[str, float]:
-        """Add a new batch to the reuse buffer and take one update on each batch in it:
-        oldest first, or with `fresh_first` the new one first, then `after_fresh()`
-        (the learner publishes the weights there), then the older ones. Returns the
-        stats of the new batch's update."""
+    def train_on(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Add a new batch to the reuse buffer and take one update on each batch in it."""
         if len(self.reuse_buffer) == self.reuse_buffer.maxlen:  # the oldest batch leaves: recycle its input
             self._spare_input = self.reuse_buffer[0].pop("model_input", None)
         self.reuse_buffer.append(batch)
-        older = list(self.reuse_buffer)[:-1]
-        if not self.cfg.fresh_first:
-            for b in older:
-                self.update(b)
-        stats = self.update(batch)
-        if after_fresh is not None:
-            after_fresh()
-        if self.cfg.fresh_first:
-            for b in older:
-                self.update(b)
+        stats: dict[str, float] = {}
+        for b in list(self.reuse_buffer):
+            stats = self.update(b)
         return stats
 
-    def step(self, batch: dict[str, torch.Tensor],
-             after_fresh: Optional[Callable[[], None]] = None) -> dict[str, float]:
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """train_on, plus what was trained summed over every rank (for metrics; the
         fresh steps are added to `fresh_steps`, the lr schedule's clock)."""
         T, B = batch["actions"].shape
         lag_sum = float((self.updates - batch["versions"]).sum()) if "versions" in batch else 0.0
         if self.cfg.lr_schedule:
             self.set_learning_rate(self.cfg.learning_rate_at(self.fresh_steps))
-        out = self.train_on(batch, after_fresh)
+        out = self.train_on(batch)
         fresh, trained, lag, cols = distributed.sum_across(
             [float(batch.get("fresh_steps", 0)), float(T * B), lag_sum, float(B)], self.device)
         self.fresh_steps += int(fresh)
@@ -207,7 +207,7 @@ class Trainer:
         """One optimiser step on the samples (t_idx[i], b_idx[i]) of a prepared batch."""
         cfg = self.cfg
         s = {k: v[t_idx, b_idx] for k, v in prep.items() if k not in ("rhos", "x")}
-        x = prep["x"][t_idx * prep["actions"].shape[1] + b_idx]
+        x = take_rows(prep["x"], t_idx * prep["actions"].shape[1] + b_idx)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logits, values, recon = self.model.forward_prepared(x, with_recon=cfg.latent_ae,
                                                                 recon_fraction=cfg.ae_fraction)
