@@ -37,6 +37,8 @@ def write_result(name: str, result: dict) -> Path:
                                               text=True, cwd=RESULTS.parent).stdout.strip()
     except OSError:
         pass
+    # a copy of the tree without .git (the GPU machine's) is told its commit
+    result["git_commit"] = result.get("git_commit") or os.environ.get("RL_GIT_COMMIT", "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -3,7 +3,7 @@ transport, no actors) on batches shaped like the preset's, and where a pass's
 time goes. Read it beside bench/throughput.py: the whole stack's trained
 samples/s cannot beat this, and at K-fold reuse it samples at most 1/K of it.
 
-    python bench/learner.py [--config configs/pong.json] [--threads 1 2] [--set key=value ...]
+    python bench/learner.py [--config configs/pong.json] [--threads 1 2] [--device cuda] [--set key=value ...]
 """
 from __future__ import annotations
 
@@ -30,35 +30,39 @@ def synthetic_batch(cfg: RunConfig, num_actions: int, seed: int) -> dict[str, to
             "dones": (torch.rand(T, B, generator=g) < 0.01).to(torch.uint8)}
 
 
-def timed(fn, repeats: int) -> float:
-    """Mean seconds per call, after one warm-up call."""
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Mean seconds per call, after one warm-up call (on a GPU: until its work is done)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fn()
+    sync()
     t0 = time.perf_counter()
     for _ in range(repeats):
         fn()
+    sync()
     return (time.perf_counter() - t0) / repeats
 
 
-def measure(cfg: RunConfig, threads: int, repeats: int) -> dict:
+def measure(cfg: RunConfig, threads: int, repeats: int, device: torch.device) -> dict:
     torch.set_num_threads(threads)
     spec = env_spec(cfg.env_id)
     torch.manual_seed(cfg.seed)
-    trainer = Trainer(cfg, spec)
+    trainer = Trainer(cfg, spec, device)
     samples = cfg.unroll_length * cfg.batch_columns
     # Steady state of the reuse buffer: each new batch costs `reuse` passes. Every timed
     # call gets a batch never seen before, so its input conversion is counted (and, a few
-    # ms, making the random batch: the ceiling errs low).
-    fresh = (synthetic_batch(cfg, spec.num_actions, i) for i in range(10**9))
+    # ms, making the random batch and, on a GPU, copying it there: the ceiling errs low).
+    fresh = ({k: v.to(device) for k, v in synthetic_batch(cfg, spec.num_actions, i).items()} for i in range(10**9))
     for _ in range(cfg.reuse):
         trainer.train_on(next(fresh))
-    per_batch = timed(lambda: trainer.train_on(next(fresh)), repeats)
+    per_batch = timed(lambda: trainer.train_on(next(fresh)), repeats, device)
     frames = trainer.observations(next(fresh))
     flat = frames.reshape(-1, *frames.shape[2:])
-    prepare = timed(lambda: trainer.model.prepare(flat), repeats)
+    prepare = timed(lambda: trainer.model.prepare(flat), repeats, device)
     x = trainer.model.prepare(flat)
     with torch.no_grad():
-        forward = timed(lambda: trainer.model.forward_prepared(x, with_recon=False), repeats)
-    return {"threads": threads, "samples_per_batch": samples, "seconds_per_new_batch": per_batch,
+        forward = timed(lambda: trainer.model.forward_prepared(x, with_recon=False), repeats, device)
+    return {"threads": threads, "device": str(device), "bf16": trainer.autocast, "samples_per_batch": samples,
+            "seconds_per_new_batch": per_batch,
             "trained_samples_per_s": samples * cfg.reuse / per_batch,
             "fresh_agent_steps_per_s_ceiling": samples / per_batch,
             "prepare_ms_per_batch": prepare * 1e3, "forward_ms_per_batch": forward * 1e3,
@@ -71,12 +75,13 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=6)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--name", default="learner")
     a = p.parse_args()
     cfg = RunConfig(**load_config(a.config, a.set))
-    rows = [measure(cfg, t, a.repeats) for t in a.threads]
+    rows = [measure(cfg, t, a.repeats, torch.device(a.device)) for t in a.threads]
     for r in rows:
-        print(f"threads {r['threads']}: {r['trained_samples_per_s']:.0f} trained samples/s, "
+        print(f"{r['device']}, threads {r['threads']}: {r['trained_samples_per_s']:.0f} trained samples/s, "
               f"ceiling {r['fresh_agent_steps_per_s_ceiling']:.0f} fresh agent steps/s at reuse {cfg.reuse}")
     write_result(a.name, {"config": cfg.model_dump(), "results": rows})
 

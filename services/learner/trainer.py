@@ -43,7 +43,7 @@ def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x[idx] along dim 0, one contiguous copy per row, in x's memory format.
     Why: advanced indexing walks a channels-last 4-D tensor element by element
     (1.9 ms for a minibatch of 128 Pong samples on this CPU, against 0.23 ms as
-    rows of the NHWC view): 5 % of the learner's time."""
+    rows of the NHWC view); it was 7 % of a learner step in a CPU profile."""
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         n, c, h, w = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(n, h * w * c).index_select(0, idx)

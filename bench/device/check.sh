@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Run ON the lent GPU machine, as one device call that fits its 10-minute limit:
+#   run(command="RL_GIT_COMMIT=<hash> bash bench/device/check.sh", carry=[".whl"], timeout_s=600)
+# after `bash bench/device/fetch_wheels.sh` here. It installs the carried wheels,
+# then measures what only a GPU can show, each step under its own timeout:
+#   learner     the optimiser alone on CUDA, bf16 (bench/learner.py)                about 1 min
+#   throughput  the whole stack on the machine's cores + the GPU learner: sampled and
+#               trained agent steps/s and the learner's data-wait share, i.e. the
+#               time the GPU waits for the prefetch pipeline (bench/throughput.py)  about 3 min
+#   pong        Pong on the whole stack for PONG_MINUTES (default 4; 18 takes longer
+#               unless the GPU and 16 cores are fast enough) (bench/pong.py)      PONG_MINUTES + 1
+# Results go to bench/results/gpu-*.json and are copied to $OUT.
+#   bash bench/device/check.sh [learner] [throughput] [pong]      (no argument: all three)
+# Extra run-config overrides for the stack steps: STACK_SET="num_actors=8 num_envs=16".
+# DEVICE=cpu PY=.venv/bin/python runs the same steps on a machine without a GPU (to try the script).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}
+PONG_MINUTES=${PONG_MINUTES:-4}
+OUT=${OUT:-/tmp/device-out}
+mkdir -p "$OUT"
+have_server() { [ -x "$(dirname "$(command -v "$PY")")/nats-server" ] || command -v nats-server >/dev/null; }
+if ! "$PY" -c "import ale_py, gymnasium, nats, lz4, fastapi, uvicorn, pydantic" 2>/dev/null || ! have_server; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "installing the carried wheels failed (run bench/device/fetch_wheels.sh first)"; exit 1; }
+  export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+command -v nvidia-smi >/dev/null && nvidia-smi -L
+"$PY" -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_count(), 'cpus', os.cpu_count())"
+sets=()
+for kv in ${STACK_SET:-}; do sets+=(--set "$kv"); done
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(learner throughput pong)
+rc=0
+for step in "${steps[@]}"; do
+  echo "== $step"
+  case $step in
+    learner) timeout 150 "$PY" bench/learner.py --device "$DEVICE" --threads 4 --name gpu-learner ;;
+    throughput) timeout 300 "$PY" bench/throughput.py --seconds 60 --warmup 20 --name gpu-throughput "${sets[@]}" ;;
+    pong) timeout $((PONG_MINUTES * 60 + 150)) "$PY" bench/pong.py --max-minutes "$PONG_MINUTES" --name gpu-pong "${sets[@]}" ;;
+    *) echo "unknown step $step"; false ;;
+  esac
+  status=$?
+  [ $status -ne 0 ] && { echo "$step exited with $status"; rc=1; }
+  cp bench/results/gpu-* "$OUT"/ 2>/dev/null
+done
+exit $rc
