@@ -38,14 +38,10 @@ def bare_env(cfg: dict, seconds: float, index: int, out) -> None:
 
 
 def rollout(cfg: dict, seconds: float, index: int, out) -> None:
-    import torch
-
     from services.actor.actor import Rollout
     from shared.config import RunConfig
 
-    threads = env_threads(cfg["num_actors"])
-    torch.set_num_threads(threads)  # as the actor service does
-    r = Rollout(RunConfig(**cfg), "bench", f"a{index}", seed=index, env_threads=threads)
+    r = Rollout(RunConfig(**cfg), "bench", f"a{index}", seed=index, env_threads=env_threads(cfg["num_actors"]))
     n, nbytes, t0 = 0, 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         payload, steps = r()
