@@ -1,7 +1,8 @@
 """Two gloo processes, each on half of a global batch, end with the same weights
 as one process trained on the whole batch (to float tolerance); APPO also with
 minibatches, V-trace lambda and the KL-adaptive learning rate, whose statistics
-must agree across ranks."""
+must agree across ranks; IMPALA with the return-keyed lr schedule, whose return
+only rank 0 hears. Both ranks must end with the same weights."""
 import os
 
 import torch
@@ -27,7 +28,11 @@ def config(algorithm: str) -> RunConfig:
     return RunConfig(algorithm=algorithm, reuse=2, target_update_interval=2, unroll_length=T, batch_size=T * B,
                      max_grad_norm=0.5, entropy_coef=0.01, normalize_advantages=appo,
                      minibatches=2, vtrace_lambda=0.9 if appo else 1.0,
-                     lr_kl_target=1e-8 if appo else 0.0)
+                     lr_kl_target=1e-8 if appo else 0.0, learning_rate=1e-3,
+                     lr_schedule_by="return", lr_schedule=[] if appo else [[0, 1e-3], [10, 1e-4]])
+
+
+RETURNS = [5.0, 10.0, None]  # what rank 0 hears before each step: the lr falls 1e-3 -> 5.5e-4 -> 1e-4
 
 
 def half(batch: dict, rank: int) -> dict:
@@ -44,9 +49,8 @@ def worker(rank: int, port: int, algorithm: str, out_path: str) -> None:
     if trainer.target is not None:
         trainer.target.load_state_dict(trainer.model.state_dict())
     for step in range(3):
-        trainer.train_on(half(make_batch(step), rank))
-    if rank == 0:
-        torch.save(trainer.model.state_dict(), out_path)
+        trainer.step(half(make_batch(step), rank), RETURNS[step] if rank == 0 else None)
+    torch.save(trainer.model.state_dict(), f"{out_path}.{rank}")
     distributed.shutdown()
     # Skip interpreter teardown: a gloo worker thread may still be releasing a
     # finished all-reduce's tensors, which needs the GIL, and a thread that asks
@@ -60,8 +64,8 @@ def single(algorithm: str, init_state: dict) -> dict:
     if trainer.target is not None:
         trainer.target.load_state_dict(init_state)
     for step in range(3):
-        trainer.train_on(make_batch(step))
-    if trainer.cfg.lr_kl_target > 0:
+        trainer.step(make_batch(step), RETURNS[step])
+    if trainer.cfg.lr_kl_target > 0 or trainer.cfg.lr_schedule:
         assert trainer.opt.param_groups[0]["lr"] != trainer.cfg.learning_rate, "the KL-adaptive lr never moved"
     return trainer.model.state_dict()
 
@@ -70,10 +74,11 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     for algorithm in ("appo", "impala"):
         out = str(tmp_path / f"{algorithm}.pt")
         mp.start_processes(worker, args=(free_port(), algorithm, out), nprocs=2, join=True, start_method="spawn")
-        ddp = torch.load(out, weights_only=True)
         torch.manual_seed(100)  # rank 0's init, which the broadcast gave every rank
         init = Trainer(config(algorithm), SPEC).model.state_dict()
         ref = single(algorithm, init)
-        for k in ref:
-            assert torch.allclose(ddp[k], ref[k], atol=1e-5, rtol=1e-4), (algorithm, k)
+        for rank in (0, 1):
+            ddp = torch.load(f"{out}.{rank}", weights_only=True)
+            for k in ref:
+                assert torch.allclose(ddp[k], ref[k], atol=1e-5, rtol=1e-4), (algorithm, rank, k)
         assert any(not torch.equal(ref[k], init[k]) for k in ref), "training changed nothing"
