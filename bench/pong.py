@@ -55,6 +55,8 @@ def main() -> None:
         # [agent_steps, policy entropy]: a policy that is not learning stays near log(actions)
         "entropy": [[p["agent_steps"], round(p["losses"]["entropy"], 4)] for p in points
                     if "entropy" in p.get("losses", {})][::10],
+        "learning_rate": [[p["agent_steps"], p["losses"]["learning_rate"]] for p in points
+                          if "learning_rate" in p.get("losses", {})][::10],
         "targets": {"agent_steps": 1_000_000, "seconds_cpu_2_cores": 45 * 60, "seconds_gpu_16_cores": 120},
     })
 

@@ -50,10 +50,6 @@ class RunConfig(BaseModel):
     lr_schedule: list[tuple[int, float]] = Field(
         default_factory=list, description="piecewise-linear learning rate over fresh agent steps trained: [[steps, lr], ...], "
         "starting from learning_rate at step 0 and held after the last point; []: constant")
-    lr_schedule_by: Literal["steps", "return"] = Field(
-        "steps", description="what lr_schedule's first coordinates are: fresh agent steps trained, or the best mean "
-        "return of 100 episodes so far (learning_rate until it reaches the first point). Why: the step at which an "
-        "Atari game takes off varies by seed, so a decay keyed to steps can starve a late seed")
     lr_kl_target: float = Field(0.0, ge=0.0, le=10.0, description="adaptive learning rate: >0 scales it by 1.5 down/up after each pass when KL(behaviour || policy) is above twice / below half this (rl_games); 0: constant")
     adam_eps: float = Field(1e-5, gt=0.0, le=1.0, description="Adam epsilon")
     max_grad_norm: float = Field(1.0, gt=0.0, le=1e6, description="global gradient-norm clip")
@@ -115,27 +111,22 @@ class RunConfig(BaseModel):
         return self
 
     def _schedule_valid(self) -> None:
-        keys = [k for k, _ in self.lr_schedule]
-        if keys != sorted(set(keys)):
-            raise ValueError(f"lr_schedule {self.lr_schedule_by} must be strictly increasing")
-        if self.lr_schedule_by == "steps" and any(k <= 0 for k in keys):
-            raise ValueError("lr_schedule steps must be positive")
+        steps = [s for s, _ in self.lr_schedule]
+        if any(s <= 0 for s in steps) or steps != sorted(set(steps)):
+            raise ValueError("lr_schedule steps must be positive and strictly increasing")
         if any(not 0.0 <= lr <= 1.0 for _, lr in self.lr_schedule):
             raise ValueError("lr_schedule learning rates must be in [0, 1]")
         if self.lr_schedule and self.lr_kl_target > 0:
             raise ValueError("lr_schedule and lr_kl_target both set the learning rate: use one")
 
-    def learning_rate_at(self, clock: Optional[float]) -> float:
-        """The scheduled learning rate at `clock`: the fresh agent steps trained, or
-        the best mean return so far (None before the first full window of episodes)."""
-        points = [(0.0, self.learning_rate)] if self.lr_schedule_by == "steps" else []
-        points += [(float(k), lr) for k, lr in self.lr_schedule]
-        if clock is None or not points or clock < points[0][0]:
-            return self.learning_rate
-        for (k0, lr0), (k1, lr1) in zip(points, points[1:]):
-            if clock < k1:
-                return lr0 + (lr1 - lr0) * (clock - k0) / (k1 - k0)
-        return points[-1][1]
+    def learning_rate_at(self, steps: float) -> float:
+        """The scheduled learning rate after `steps` fresh agent steps were trained."""
+        lr0, s0 = self.learning_rate, 0.0
+        for s1, lr1 in self.lr_schedule:
+            if steps < s1:
+                return lr0 + (lr1 - lr0) * (steps - s0) / (s1 - s0)
+            s0, lr0 = s1, lr1
+        return lr0
 
     def _fits_in_memory(self) -> None:
         """Refuse sizes whose buffers would not fit in one process (rough upper estimate)."""

@@ -1,8 +1,8 @@
 """Two gloo processes, each on half of a global batch, end with the same weights
 as one process trained on the whole batch (to float tolerance); APPO also with
 minibatches, V-trace lambda and the KL-adaptive learning rate, whose statistics
-must agree across ranks; IMPALA with the return-keyed lr schedule, whose return
-only rank 0 hears. Both ranks must end with the same weights."""
+must agree across ranks; IMPALA with the lr schedule, whose clock (fresh steps)
+is summed over ranks. Both ranks must end with the same weights."""
 import os
 
 import torch
@@ -29,10 +29,7 @@ def config(algorithm: str) -> RunConfig:
                      max_grad_norm=0.5, entropy_coef=0.01, normalize_advantages=appo,
                      minibatches=2, vtrace_lambda=0.9 if appo else 1.0,
                      lr_kl_target=1e-8 if appo else 0.0, learning_rate=1e-3,
-                     lr_schedule_by="return", lr_schedule=[] if appo else [[0, 1e-3], [10, 1e-4]])
-
-
-RETURNS = [5.0, 10.0, None]  # what rank 0 hears before each step: the lr falls 1e-3 -> 5.5e-4 -> 1e-4
+                     lr_schedule=[] if appo else [[T * B, 1e-3], [2 * T * B, 1e-4]])
 
 
 def half(batch: dict, rank: int) -> dict:
@@ -48,8 +45,8 @@ def worker(rank: int, port: int, algorithm: str, out_path: str) -> None:
     distributed.broadcast_model(trainer.model)
     if trainer.target is not None:
         trainer.target.load_state_dict(trainer.model.state_dict())
-    for step in range(3):
-        trainer.step(half(make_batch(step), rank), RETURNS[step] if rank == 0 else None)
+    for step in range(3):  # each rank trains half the fresh steps: the lr falls 1e-3, 1e-3, 1e-4 only if summed
+        trainer.step(half(make_batch(step), rank) | {"fresh_steps": torch.tensor(T * B // 2)})
     torch.save(trainer.model.state_dict(), f"{out_path}.{rank}")
     distributed.shutdown()
     # Skip interpreter teardown: a gloo worker thread may still be releasing a
@@ -64,7 +61,7 @@ def single(algorithm: str, init_state: dict) -> dict:
     if trainer.target is not None:
         trainer.target.load_state_dict(init_state)
     for step in range(3):
-        trainer.step(make_batch(step), RETURNS[step])
+        trainer.step(make_batch(step) | {"fresh_steps": torch.tensor(T * B)})
     if trainer.cfg.lr_kl_target > 0 or trainer.cfg.lr_schedule:
         assert trainer.opt.param_groups[0]["lr"] != trainer.cfg.learning_rate, "the KL-adaptive lr never moved"
     return trainer.model.state_dict()

@@ -139,31 +139,10 @@ def test_lr_schedule_follows_fresh_steps_trained_and_survives_a_checkpoint():
     assert resumed.step(make_batch(5))["learning_rate"] == 1e-4
 
 
-def test_return_keyed_lr_schedule_follows_the_best_mean_return_and_survives_a_checkpoint():
-    sched = dict(learning_rate=8e-4, lr_schedule_by="return", lr_schedule=[[10, 8e-4], [18, 1e-4]])
-    cfg = RunConfig(**sched)
-    assert [cfg.learning_rate_at(r) for r in (None, -21, 10, 18, 21)] == [8e-4, 8e-4, 8e-4, 1e-4, 1e-4]
-    assert abs(cfg.learning_rate_at(14) - 4.5e-4) < 1e-12  # halfway down the line
-    tr = trainer(**sched)
-    lrs = []
-    # the lr of each step comes from the returns heard before it; a dip does not raise it again
-    for i, r in enumerate([None, 10.0, 14.0, 12.0, None]):
-        lrs.append(tr.step(make_batch(i) | {"fresh_steps": torch.tensor(T * B)}, mean_return=r)["learning_rate"])
-    assert lrs[:2] == [8e-4, 8e-4] and abs(lrs[3] - 4.5e-4) < 1e-9 and abs(lrs[4] - 4.5e-4) < 1e-9
-    assert tr.best_return == 14.0 and tr.fresh_steps == 5 * T * B
-    resumed = trainer(**sched)
-    resumed.load_state(tr.state())
-    assert resumed.best_return == 14.0
-    assert abs(resumed.step(make_batch(6))["learning_rate"] - 4.5e-4) < 1e-9
-
-
 def test_lr_schedule_is_validated():
     for bad in ([[0, 1e-3]], [[200, 1e-3], [100, 1e-4]], [[100, 2.0]]):
         with pytest.raises(pydantic.ValidationError, match="lr_schedule"):
             RunConfig(lr_schedule=bad)
-    RunConfig(lr_schedule_by="return", lr_schedule=[[-5, 1e-3], [0, 1e-4]])  # returns may be negative
-    with pytest.raises(pydantic.ValidationError, match="lr_schedule return must be strictly increasing"):
-        RunConfig(lr_schedule_by="return", lr_schedule=[[10, 1e-3], [10, 1e-4]])
     with pytest.raises(pydantic.ValidationError, match="lr_kl_target"):
         RunConfig(lr_schedule=[[100, 1e-4]], lr_kl_target=0.01)
 

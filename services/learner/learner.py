@@ -158,8 +158,7 @@ class RunSession:
                 batch = get.result()
                 self.data_wait += time.perf_counter() - t
                 t = time.perf_counter()
-                full = self.progress.mean_return if self.progress.window_full else None
-                stats = await loop.run_in_executor(self.train_pool, self.trainer.step, batch, full)
+                stats = await loop.run_in_executor(self.train_pool, self.trainer.step, batch)
                 self.train_time += time.perf_counter() - t
                 prefetch.consumed(int(batch["fresh_steps"]) // cfg.unroll_length)
                 self._account(stats)

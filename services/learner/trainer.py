@@ -84,7 +84,6 @@ class Trainer:
                                     fused=self.fused or None)
         self.updates = 0
         self.fresh_steps = 0  # fresh agent steps trained, summed over ranks: the lr schedule's clock
-        self.best_return: Optional[float] = None  # best full-window mean return seen: the return-keyed clock
         # IMPACT's circular buffer: each batch stays for `reuse` steps, trained once per step.
         self.reuse_buffer: collections.deque = collections.deque(maxlen=cfg.reuse)
         self.autocast = use_bf16(cfg.bf16, self.device, self.model.image)
@@ -109,23 +108,17 @@ class Trainer:
             stats = self.update(b)
         return stats
 
-    def step(self, batch: dict[str, torch.Tensor], mean_return: Optional[float] = None) -> dict[str, float]:
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """train_on, plus what was trained summed over every rank (for metrics; the
-        fresh steps are added to `fresh_steps`, the lr schedule's clock). Only the
-        rank that hears the actors passes `mean_return` (of a full window of
-        episodes); the sum carries it to every rank, so all keep the same lr."""
+        fresh steps are added to `fresh_steps`, the lr schedule's clock)."""
         T, B = batch["actions"].shape
         lag_sum = float((self.updates - batch["versions"]).sum()) if "versions" in batch else 0.0
         if self.cfg.lr_schedule:
-            clock = self.fresh_steps if self.cfg.lr_schedule_by == "steps" else self.best_return
-            self.set_learning_rate(self.cfg.learning_rate_at(clock))
+            self.set_learning_rate(self.cfg.learning_rate_at(self.fresh_steps))
         out = self.train_on(batch)
-        fresh, trained, lag, cols, ret, heard = distributed.sum_across(
-            [float(batch.get("fresh_steps", 0)), float(T * B), lag_sum, float(B),
-             mean_return or 0.0, float(mean_return is not None)], self.device)
+        fresh, trained, lag, cols = distributed.sum_across(
+            [float(batch.get("fresh_steps", 0)), float(T * B), lag_sum, float(B)], self.device)
         self.fresh_steps += int(fresh)
-        if heard:
-            self.best_return = ret / heard if self.best_return is None else max(self.best_return, ret / heard)
         return out | {"trained_steps": trained, "policy_lag": lag / max(cols, 1.0)}
 
     @torch.no_grad()
@@ -243,7 +236,7 @@ class Trainer:
         """Everything a checkpoint needs (plain tensors and numbers: loads with weights_only=True)."""
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "target": self.target.state_dict() if self.target is not None else None,
-                "updates": self.updates, "fresh_steps": self.fresh_steps, "best_return": self.best_return}
+                "updates": self.updates, "fresh_steps": self.fresh_steps}
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -254,5 +247,4 @@ class Trainer:
             self.target.load_state_dict(state["target"])
         self.updates = int(state["updates"])
         self.fresh_steps = int(state.get("fresh_steps", state.get("fresh_trained_steps", 0)))
-        self.best_return = state.get("best_return")
 
