@@ -31,6 +31,11 @@ def plot(rows: list[list[float]], path, title: str) -> None:
     fig.savefig(path, dpi=100)
 
 
+def loss_series(points: list[dict], key: str) -> list[list[float]]:
+    """[agent_steps, value] of one learner statistic, every 10th metrics point."""
+    return [[p["agent_steps"], round(p["losses"][key], 6)] for p in points if key in p.get("losses", {})][::10]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", default=str(ROOT / "configs" / "pong.json"))
@@ -52,11 +57,9 @@ def main() -> None:
         "elapsed": final["elapsed"], "updates": final["updates"], "dropped": final["dropped"],
         "best_mean_return": max((r[2] for r in rows), default=None),
         "curve": rows, "plot": png.name if rows else None,
-        # [agent_steps, policy entropy]: a policy that is not learning stays near log(actions)
-        "entropy": [[p["agent_steps"], round(p["losses"]["entropy"], 4)] for p in points
-                    if "entropy" in p.get("losses", {})][::10],
-        "learning_rate": [[p["agent_steps"], p["losses"]["learning_rate"]] for p in points
-                          if "learning_rate" in p.get("losses", {})][::10],
+        # a policy that is not learning stays near log(actions); a collapsing one falls fast
+        "entropy": loss_series(points, "entropy"),
+        "learning_rate": loss_series(points, "learning_rate"),
         "targets": {"agent_steps": 1_000_000, "seconds_cpu_2_cores": 45 * 60, "seconds_gpu_16_cores": 120},
     })
 

@@ -63,7 +63,7 @@ def single(algorithm: str, init_state: dict) -> dict:
     for step in range(3):
         trainer.step(make_batch(step) | {"fresh_steps": torch.tensor(T * B)})
     if trainer.cfg.lr_kl_target > 0 or trainer.cfg.lr_schedule:
-        assert trainer.opt.param_groups[0]["lr"] != trainer.cfg.learning_rate, "the KL-adaptive lr never moved"
+        assert trainer.opt.param_groups[0]["lr"] != trainer.cfg.learning_rate, "the learning rate never moved (KL-adaptive or scheduled)"
     return trainer.model.state_dict()
 
 
