@@ -55,6 +55,8 @@ def main() -> None:
         "to_18": first_reach(points, 18), "to_0": first_reach(points, 0),
         "final_mean_return": final["mean_return"], "agent_steps": final["agent_steps"],
         "elapsed": final["elapsed"], "updates": final["updates"], "dropped": final["dropped"],
+        # optimiser steps between a batch's behaviour weights and its training; 0 when synchronous
+        "policy_lag_max": max((p["policy_lag"] for p in points if p.get("policy_lag") is not None), default=None),
         "best_mean_return": max((r[2] for r in rows), default=None),
         "curve": rows, "plot": png.name if rows else None,
         # a policy that is not learning stays near log(actions); a collapsing one falls fast
