@@ -47,6 +47,7 @@ def main() -> None:
     cfg["max_seconds"] = a.max_minutes * 60
     final, points = run_on_stack(cfg, a.max_minutes * 60 + 300)
     rows = curve(points)
+    lags = [p["policy_lag"] for p in points if p.get("policy_lag") is not None]
     png = RESULTS / f"{a.name}.png"
     if rows:
         plot(rows, png, f"{cfg['env_id']} {cfg['algorithm']} ({final['state']})")
@@ -56,7 +57,8 @@ def main() -> None:
         "final_mean_return": final["mean_return"], "agent_steps": final["agent_steps"],
         "elapsed": final["elapsed"], "updates": final["updates"], "dropped": final["dropped"],
         # optimiser steps between a batch's behaviour weights and its training; 0 when synchronous
-        "policy_lag_max": max((p["policy_lag"] for p in points if p.get("policy_lag") is not None), default=None),
+        "policy_lag_max": max(lags, default=None),
+        "policy_lag_share": sum(lag > 0 for lag in lags) / len(lags) if lags else None,  # of metrics points
         "best_mean_return": max((r[2] for r in rows), default=None),
         "curve": rows, "plot": png.name if rows else None,
         # a policy that is not learning stays near log(actions); a collapsing one falls fast
