@@ -34,3 +34,23 @@ async def test_actor_lead_1_runs_at_policy_lag_0(one_actor_stack):
     trained = [p for p in points if p.get("updates", 0) > 0 and p.get("policy_lag") is not None]
     assert trained, points
     assert max(p["policy_lag"] for p in trained) == 0, [p["policy_lag"] for p in trained]
+    counters = final["counters"]
+    assert counters["fresh_batches"] >= 12 and counters.get("lagged_batches", 0) == 0, counters
+    assert counters["actor_wait_timeouts"] == 0, counters
+
+
+async def test_waits_that_run_out_are_counted(one_actor_stack):
+    # A batch needs two of the actor's fragments, so after each first one the actor
+    # waits for weights that cannot come until it sends the second: the wait has to
+    # run out (actor_wait), and each time is counted, so a run that drifts off lag 0
+    # says why.
+    config = {"env_id": "CartPole-v1", "num_envs": 8, "unroll_length": 16, "batch_size": 256, "reuse": 1,
+              "actor_lead": 1, "actor_wait": 0.5, "publish_interval": 60.0, "max_agent_steps": 128 * 8}
+    stack = one_actor_stack
+    async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
+        await gw.wait_ready()
+        run = await gw.start_run(config)
+        final = await gw.wait_final(run["id"], timeout=120)
+    assert final["state"] == "finished" and final["agent_steps"] >= 128 * 8, final
+    counters = final["counters"]
+    assert counters["fresh_batches"] >= 3 and counters["actor_wait_timeouts"] >= 3, counters

@@ -143,7 +143,7 @@ class Actor:
         active.set()
         watcher = asyncio.create_task(self._watch_state(run_id, rec.learner_id, active, stop))
         log.info("actor %d joins run %s as %s", self.index, run_id, actor_id)
-        steps, last_stats, t_start = 0, 0.0, time.time()
+        steps, last_stats, t_start, wait_timeouts = 0, 0.0, time.time(), 0
         used: collections.deque[int] = collections.deque(maxlen=cfg.actor_lead)  # versions of recent fragments
         try:
             while active.is_set() and not stop.is_set():
@@ -153,7 +153,8 @@ class Actor:
                     # Flow control: act at most actor_lead fragments ahead of the newest weights and of
                     # what the learner has consumed, but never wait forever (the learner may need more
                     # fragments than one round of actors gives before it can publish).
-                    await latest.wait_newer(used[0], cfg.actor_wait, max_backlog=cfg.actor_lead)
+                    if not await latest.wait_newer(used[0], cfg.actor_wait, max_backlog=cfg.actor_lead):
+                        wait_timeouts += 1  # this fragment is acted ahead: it will train at a policy lag
                 if latest.ready is not None and latest.ready[0] > rollout.version:
                     version, arrays = latest.ready
                     load_numpy_state(rollout.model, arrays)  # between rollouts: the worker is idle
@@ -170,9 +171,9 @@ class Actor:
                 steps += n
                 now = time.time()
                 if now - last_stats > 0.5:
-                    await self._publish_stats(run_id, actor_id, steps, rollout, now - t_start)
+                    await self._publish_stats(run_id, actor_id, steps, rollout, now - t_start, wait_timeouts)
                     last_stats = now
-            await self._publish_stats(run_id, actor_id, steps, rollout, time.time() - t_start)
+            await self._publish_stats(run_id, actor_id, steps, rollout, time.time() - t_start, wait_timeouts)
         finally:
             watcher.cancel()
             fetcher.cancel()
@@ -180,10 +181,11 @@ class Actor:
             await loop.run_in_executor(self.pool, rollout.close)
             log.info("actor %d leaves run %s after %d steps", self.index, run_id, steps)
 
-    async def _publish_stats(self, run_id: str, actor_id: str, steps: int, rollout: Rollout, elapsed: float) -> None:
+    async def _publish_stats(self, run_id: str, actor_id: str, steps: int, rollout: Rollout, elapsed: float,
+                             wait_timeouts: int) -> None:
         episodes, rollout.finished = rollout.finished, []
         msg = {"actor": actor_id, "steps": steps, "episodes": episodes, "version": rollout.version,
-               "sps": steps / max(elapsed, 1e-6), "counters": dict(self.counters)}
+               "sps": steps / max(elapsed, 1e-6), "wait_timeouts": wait_timeouts, "counters": dict(self.counters)}
         try:
             await asyncio.wait_for(self.nc.publish(wiring.actor_stats(run_id), json.dumps(msg).encode()),
                                    PUBLISH_TIMEOUT_S)
@@ -239,14 +241,20 @@ class WeightsFeed:
             # Nothing published yet (or a failed fetch): poll as well as wait for a notice.
             await _wait_event(self.notice, 0.5 if got is None else 3600.0)
 
-    async def wait_newer(self, version: int, timeout: float, max_backlog: Optional[int] = None) -> None:
+    async def wait_newer(self, version: int, timeout: float, max_backlog: Optional[int] = None) -> bool:
         """Until weights newer than `version` are here and (if given) the learner's
-        backlog is under max_backlog, or the timeout passes."""
+        backlog is under max_backlog (True), or the timeout passes (False)."""
         deadline = time.time() + timeout
-        while time.time() < deadline and (self.ready is None or self.ready[0] <= version or (
-                max_backlog is not None and self.backlog >= max_backlog)):
+        while not self._newer(version, max_backlog):
+            if time.time() >= deadline:
+                return False
             self.fetched.clear()
             await _wait_event(self.fetched, deadline - time.time())
+        return True
+
+    def _newer(self, version: int, max_backlog: Optional[int]) -> bool:
+        return self.ready is not None and self.ready[0] > version and (
+            max_backlog is None or self.backlog < max_backlog)
 
 
 async def _wait_event(ev: asyncio.Event, timeout: float) -> None:

@@ -214,6 +214,9 @@ class RunSession:
     def _account(self, stats: dict[str, float]) -> None:
         self.trained_steps += int(stats.pop("trained_steps"))
         self.last_lag = stats.pop("policy_lag")
+        self.counters.inc("fresh_batches")
+        if self.last_lag > 0:
+            self.counters.inc("lagged_batches")  # a lag-0 run (actor_lead 1) should count none
         self.version = self.trainer.updates
         self.last_losses = stats
 
@@ -269,7 +272,8 @@ class RunSession:
             "mean_length": (sum(self.progress.lengths) / len(self.progress.lengths)) if self.progress.lengths else None,
             "policy_lag": self.last_lag, "data_wait_frac": self.data_wait / busy if busy else None,
             "wire_bytes_per_step": self.counters.get("fresh_bytes", 0) / steps if steps else None,
-            "losses": self.last_losses, "counters": {**self.learner.counters, **self.counters},
+            "losses": self.last_losses,
+            "counters": {**self.learner.counters, **self.counters, "actor_wait_timeouts": self.progress.wait_timeouts},
             "actors": len(self.progress.actor_steps), "solved": self.progress.solved,
             "queues": ({"fresh": len(self.prefetch.fresh), "batches": self.prefetch.queue.qsize()}
                        if self.prefetch is not None else {}),

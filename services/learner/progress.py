@@ -22,7 +22,7 @@ class Progress:
         self.returns: collections.deque[float] = collections.deque(maxlen=window)
         self.lengths: collections.deque[int] = collections.deque(maxlen=window)
         self.episodes = episodes_offset
-        self.actor_counters: dict[str, dict] = {}
+        self.actor_wait_timeouts: dict[str, int] = {}  # per actor: fragments acted after a flow-control wait ran out
         self.solved: Optional[dict] = None
 
     @property
@@ -32,6 +32,12 @@ class Progress:
     @property
     def mean_return(self) -> Optional[float]:
         return sum(self.returns) / len(self.returns) if self.returns else None
+
+    @property
+    def wait_timeouts(self) -> int:
+        """Fragments any actor acted after its wait for newer weights ran out (actor_wait):
+        each such fragment trains at a policy lag, so a lag-0 run should count none."""
+        return sum(self.actor_wait_timeouts.values())
 
     @property
     def window_full(self) -> bool:
@@ -52,8 +58,9 @@ class Progress:
             counters.inc("rejected_stats")
             return
         self.actor_steps[actor] = max(steps, self.actor_steps.get(actor, 0))
-        if isinstance(msg.get("counters"), dict):
-            self.actor_counters[actor] = msg["counters"]
+        timeouts = msg.get("wait_timeouts")
+        if isinstance(timeouts, int) and not isinstance(timeouts, bool) and timeouts >= 0:
+            self.actor_wait_timeouts[actor] = max(timeouts, self.actor_wait_timeouts.get(actor, 0))
         for r, n in parsed:
             self.returns.append(r)
             self.lengths.append(n)
