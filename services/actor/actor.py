@@ -141,7 +141,7 @@ class Actor:
         fetcher = asyncio.create_task(latest.run())
         active = asyncio.Event()
         active.set()
-        watcher = asyncio.create_task(self._watch_state(run_id, rec.learner_id, active, stop))
+        watcher = asyncio.create_task(self._watch_state(run_id, rec.learner_id, active, stop, latest))
         log.info("actor %d joins run %s as %s", self.index, run_id, actor_id)
         steps, last_stats, t_start, wait_timeouts = 0, 0.0, time.time(), 0
         used: collections.deque[int] = collections.deque(maxlen=cfg.actor_lead)  # versions of recent fragments
@@ -153,7 +153,10 @@ class Actor:
                     # Flow control: act at most actor_lead fragments ahead of the newest weights and of
                     # what the learner has consumed, but never wait forever (the learner may need more
                     # fragments than one round of actors gives before it can publish).
-                    if not await latest.wait_newer(used[0], cfg.actor_wait, max_backlog=cfg.actor_lead):
+                    newer = await latest.wait_newer(used[0], cfg.actor_wait, max_backlog=cfg.actor_lead)
+                    if not active.is_set() or stop.is_set():
+                        break
+                    if not newer:
                         wait_timeouts += 1  # this fragment is acted ahead: it will train at a policy lag
                 if latest.ready is not None and latest.ready[0] > rollout.version:
                     version, arrays = latest.ready
@@ -193,18 +196,21 @@ class Actor:
             self.counters.inc("publish_failed")
 
     async def _watch_state(self, run_id: str, learner_id: Optional[str], active: asyncio.Event,
-                           stop: asyncio.Event) -> None:
+                           stop: asyncio.Event, feed: "WeightsFeed") -> None:
         """Leave when the run stops running or changes learner (a resumed run counts
         steps afresh per actor join, so the new learner never double counts ours)."""
-        while not stop.is_set():
-            try:
-                got = await runs.read(self.assets.runs, run_id)
-                if got is None or got[0].state != RunState.running or got[0].learner_id != learner_id:
-                    active.clear()
-                    return
-            except Exception:
-                pass  # NATS gap: keep acting; the data path counts its own losses
-            await asyncio.sleep(1.0)
+        try:
+            while not stop.is_set():
+                try:
+                    got = await runs.read(self.assets.runs, run_id)
+                    if got is None or got[0].state != RunState.running or got[0].learner_id != learner_id:
+                        active.clear()
+                        return
+                except Exception:
+                    pass  # NATS gap: keep acting; the data path counts its own losses
+                await _sleep_or_stop(stop, 1.0)
+        finally:
+            feed.abandon()  # a wait for weights (up to actor_wait) must not hold up leaving
 
 
 class WeightsFeed:
@@ -217,6 +223,12 @@ class WeightsFeed:
         self.backlog = 0  # the learner's unconsumed fresh fragments, from its last notice
         self.notice = asyncio.Event()
         self.fetched = asyncio.Event()
+        self.abandoned = False
+
+    def abandon(self) -> None:
+        """Ends every wait at once: the actor is leaving the run."""
+        self.abandoned = True
+        self.fetched.set()
 
     async def on_notice(self, msg) -> None:
         try:
@@ -243,10 +255,11 @@ class WeightsFeed:
 
     async def wait_newer(self, version: int, timeout: float, max_backlog: Optional[int] = None) -> bool:
         """Until weights newer than `version` are here and (if given) the learner's
-        backlog is under max_backlog (True), or the timeout passes (False)."""
+        backlog is under max_backlog (True), or the timeout passes or the actor
+        leaves the run (False)."""
         deadline = time.time() + timeout
         while not self._newer(version, max_backlog):
-            if time.time() >= deadline:
+            if self.abandoned or time.time() >= deadline:
                 return False
             self.fetched.clear()
             await _wait_event(self.fetched, deadline - time.time())

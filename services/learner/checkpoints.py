@@ -16,6 +16,7 @@ holding weights from the lost stretch still load the resumed ones.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -188,7 +189,8 @@ async def resume(session: "RunSession", root: Path) -> Optional[Path]:
         session.counters.inc("resume_without_checkpoint")
         return None
     floor = await reported_floor(session)
-    restore(session, state, floor)
+    # on the training thread, like all of the learner's torch work (RunSession says why)
+    await asyncio.get_running_loop().run_in_executor(session.train_pool, restore, session, state, floor)
     session.counters.inc("resumed")
     log.info("run %s resumed from %s (updates %d, agent steps %d)", session.run_id, newest,
              session.trainer.updates, session.progress.agent_steps)

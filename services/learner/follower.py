@@ -32,8 +32,8 @@ async def follow(args, stop: asyncio.Event) -> None:
     rec, _ = await runs.read(assets.runs, args.run)
     cfg = rec.config
     torch.set_num_threads(cfg.learner_threads)
-    trainer = Trainer(cfg, env_spec(cfg.env_id), torch.device(args.device))
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="train")
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="train")  # all torch work (see RunSession)
+    trainer = pool.submit(Trainer, cfg, env_spec(cfg.env_id), torch.device(args.device)).result()
     loop = asyncio.get_running_loop()
 
     def join() -> None:

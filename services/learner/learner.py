@@ -87,7 +87,13 @@ class Learner:
 
 
 class RunSession:
-    """One run on this learner: from claim to checkpoint and final state."""
+    """One run on this learner: from claim to checkpoint and final state.
+
+    All of a run's torch work (building the trainer, steps, publishing, checkpoints,
+    resume) runs on the one `train_pool` thread. Why: every thread that once runs a
+    parallel op keeps its own OpenMP team, and with more OpenMP threads than cores
+    libgomp stops spinning between ops; a trainer built on the event-loop thread
+    made each Pong step on 2 cores about 14 % slower (0.96 s against 0.83 s)."""
 
     def __init__(self, learner: Learner, rec: RunRecord):
         self.learner, self.rec, self.run_id, self.cfg = learner, rec, rec.id, rec.config
@@ -96,9 +102,9 @@ class RunSession:
         self.spec = env_spec(self.cfg.env_id)
         torch.set_num_threads(self.cfg.learner_threads)
         torch.manual_seed(self.cfg.seed)
-        self.trainer = Trainer(self.cfg, self.spec, learner.device)
-        self.progress = Progress()
         self.train_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="train")
+        self.trainer = self.train_pool.submit(Trainer, self.cfg, self.spec, learner.device).result()
+        self.progress = Progress()
         self.version = 0
         self.t0 = time.time()
         self.trained_steps = 0
