@@ -18,19 +18,25 @@ def one_actor_stack(tmp_path_factory):
         yield stack
 
 
-async def test_actor_lead_1_runs_at_policy_lag_0(one_actor_stack):
-    # One fragment (8 envs x 16 steps) is one batch; the interval would hold every
-    # publication back for 60 s, and an actor that timed out would wait 30 s each time.
-    config = {"env_id": "CartPole-v1", "num_envs": 8, "unroll_length": 16, "batch_size": 128, "reuse": 1,
-              "actor_lead": 1, "actor_wait": 30.0, "publish_interval": 60.0, "max_agent_steps": 128 * 12}
-    stack = one_actor_stack
+async def run_to_end(stack, **config) -> tuple[dict, list[dict]]:
+    """One CartPole run of 8 envs x 16 steps per fragment, actor_lead 1, and weights
+    held back for 60 s by the interval: (final view, metrics series)."""
+    config = {"env_id": "CartPole-v1", "num_envs": 8, "unroll_length": 16, "reuse": 1, "actor_lead": 1,
+              "publish_interval": 60.0, **config}
     async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
         await gw.wait_ready()
         run = await gw.start_run(config)
-        # 12 fragments take seconds; timing out on each would take 360 s
         final = await gw.wait_final(run["id"], timeout=120)
         points = await gw.metrics(run["id"])
-    assert final["state"] == "finished" and final["agent_steps"] >= 128 * 12, final
+    assert final["state"] == "finished" and final["agent_steps"] >= config["max_agent_steps"], final
+    return final, points
+
+
+async def test_actor_lead_1_runs_at_policy_lag_0(one_actor_stack):
+    # One fragment is one batch; the interval would hold every publication back for
+    # 60 s, and an actor that timed out would wait 30 s each time: 12 fragments take
+    # seconds, timing out on each would take 360 s.
+    final, points = await run_to_end(one_actor_stack, batch_size=128, actor_wait=30.0, max_agent_steps=128 * 12)
     trained = [p for p in points if p.get("updates", 0) > 0 and p.get("policy_lag") is not None]
     assert trained, points
     assert max(p["policy_lag"] for p in trained) == 0, [p["policy_lag"] for p in trained]
@@ -44,13 +50,6 @@ async def test_waits_that_run_out_are_counted(one_actor_stack):
     # waits for weights that cannot come until it sends the second: the wait has to
     # run out (actor_wait), and each time is counted, so a run that drifts off lag 0
     # says why.
-    config = {"env_id": "CartPole-v1", "num_envs": 8, "unroll_length": 16, "batch_size": 256, "reuse": 1,
-              "actor_lead": 1, "actor_wait": 0.5, "publish_interval": 60.0, "max_agent_steps": 128 * 8}
-    stack = one_actor_stack
-    async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
-        await gw.wait_ready()
-        run = await gw.start_run(config)
-        final = await gw.wait_final(run["id"], timeout=120)
-    assert final["state"] == "finished" and final["agent_steps"] >= 128 * 8, final
+    final, _ = await run_to_end(one_actor_stack, batch_size=256, actor_wait=0.5, max_agent_steps=128 * 8)
     counters = final["counters"]
     assert counters["fresh_batches"] >= 3 and counters["actor_wait_timeouts"] >= 3, counters
