@@ -113,7 +113,7 @@ def decode_fragment(data: bytes, run_id: str, spec: EnvSpec, T: int) -> Fragment
     if a["obs"].dtype.kind == "f" and not np.isfinite(a["obs"]).all():
         raise wire.WireError("non-finite observations")
     return Fragment(run_id, meta["actor"], meta["version"], a["obs"], a["actions"], a["logits"],
-                    a["rewards"], a["dones"], a.get("context"))
+                    a["rewards"], a["dones"], a.get("context"), seq=meta.get("seq", 0))
 
 
 def collate(frags: Sequence[Fragment]) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -32,16 +32,42 @@ async def publish(assets: Assets, nc, run_id: str, version: int, arrays: dict[st
     return len(data)
 
 
-def parse_notice(data: bytes) -> tuple[int, int]:
-    """(version, backlog) of a notice; ValueError if it is not a notice."""
+async def announce_short(nc, run_id: str, version: int, backlog: int, have: dict[str, int]) -> None:
+    """Tell actors the learner cannot train before more fragments come: `have` maps
+    each actor in its partial batch to the sequence number of the newest fragment it
+    holds from it. An actor whose own newest fragment is listed may act the next one
+    on the weights it has, without waiting (still lag 0: no newer weights can come
+    first); any other actor keeps waiting, so a repeated notice never lets one run ahead."""
+    msg = {"version": version, "backlog": backlog, "short": have}
+    await nc.publish(wiring.weights(run_id), json.dumps(msg).encode())
+
+
+class Notice(NamedTuple):
+    version: int
+    backlog: int
+    short: Optional[dict[str, int]]  # set when the learner is short of data (announce_short)
+
+
+MAX_SHORT_ACTORS = 4096
+
+
+def parse_notice(data: bytes) -> Notice:
+    """A weights notice; ValueError if it is not one."""
     msg = json.loads(data)
     if not isinstance(msg, dict):
         raise ValueError("bad weights notice")
-    version, backlog = msg.get("version"), msg.get("backlog", 0)
+    version, backlog, short = msg.get("version"), msg.get("backlog", 0), msg.get("short")
     for v in (version, backlog):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        if not _count(v):
             raise ValueError("bad weights notice")
-    return version, backlog
+    if short is not None and not (isinstance(short, dict) and len(short) <= MAX_SHORT_ACTORS
+                                  and all(isinstance(k, str) and _count(v) for k, v in short.items())):
+        raise ValueError("bad weights notice")
+    return Notice(version, backlog, short)
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 async def fetch(assets: Assets, run_id: str, timeout: float = 2.0) -> Optional[tuple[int, dict[str, np.ndarray]]]:

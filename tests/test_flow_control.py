@@ -45,11 +45,20 @@ async def test_actor_lead_1_runs_at_policy_lag_0(one_actor_stack):
     assert counters["actor_wait_timeouts"] == 0, counters
 
 
-async def test_waits_that_run_out_are_counted(one_actor_stack):
-    # A batch needs two of the actor's fragments, so after each first one the actor
-    # waits for weights that cannot come until it sends the second: the wait has to
-    # run out (actor_wait), and each time is counted, so a run that drifts off lag 0
-    # says why.
-    final, _ = await run_to_end(one_actor_stack, batch_size=256, actor_wait=0.5, max_agent_steps=128 * 8)
+async def test_a_batch_of_two_fragments_from_one_actor_needs_no_timeout(one_actor_stack):
+    # After its first fragment of a batch the actor waits for weights that cannot come
+    # before its second: the learner says it holds that fragment and is short of data,
+    # so the actor acts the second at once. Waiting out actor_wait (30 s) on each of
+    # the 4 batches instead would take longer than the run is given.
+    final, points = await run_to_end(one_actor_stack, batch_size=256, actor_wait=30.0, max_agent_steps=128 * 8)
     counters = final["counters"]
-    assert counters["fresh_batches"] >= 3 and counters["actor_wait_timeouts"] >= 3, counters
+    assert counters["fresh_batches"] >= 4 and counters["actor_wait_timeouts"] == 0, counters
+    assert counters.get("lagged_batches", 0) == 0, counters
+
+
+async def test_waits_that_run_out_are_counted(one_actor_stack):
+    # A 1 ms bound runs out before any learner step can publish, so most fragments
+    # are acted ahead; each such wait is counted, so a run off lag 0 says why.
+    final, _ = await run_to_end(one_actor_stack, batch_size=128, actor_wait=0.001, max_agent_steps=128 * 8)
+    counters = final["counters"]
+    assert counters["fresh_batches"] >= 1 and counters["actor_wait_timeouts"] >= 1, counters

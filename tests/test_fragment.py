@@ -20,8 +20,10 @@ def make_fragment(T=8, N=3, run="r1", version=5, spec=SPEC):
 
 def test_fragment_round_trip_and_collate():
     f = make_fragment()
+    f.seq = 42  # the learner's short-of-data notice names each actor's newest fragment by it
     g = decode_fragment(encode_fragment(f), "r1", SPEC, 8)
     assert g.version == 5 and np.array_equal(g.obs, f.obs) and np.array_equal(g.actions, f.actions)
+    assert (g.actor_id, g.seq) == ("a1", 42)
     batch = collate([g, g])
     assert batch["obs"].shape == (9, 6, 4) and batch["actions"].shape == (8, 6)
     assert list(batch["versions"]) == [5] * 6

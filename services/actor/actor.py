@@ -151,9 +151,11 @@ class Actor:
                     await latest.wait_newer(-1, 1.0)
                 elif cfg.actor_wait > 0 and len(used) == cfg.actor_lead:
                     # Flow control: act at most actor_lead fragments ahead of the newest weights and of
-                    # what the learner has consumed, but never wait forever (the learner may need more
-                    # fragments than one round of actors gives before it can publish).
-                    newer = await latest.wait_newer(used[0], cfg.actor_wait, max_backlog=cfg.actor_lead)
+                    # what the learner has consumed, or at once when the learner holds our newest
+                    # fragment and still cannot train (its batch needs more than one round of actors
+                    # gives); never wait forever: actor_wait only keeps a lost learner from stalling us.
+                    newer = await latest.wait_newer(used[0], cfg.actor_wait, max_backlog=cfg.actor_lead,
+                                                    sent=(actor_id, rollout.seq))
                     if not active.is_set() or stop.is_set():
                         break
                     if not newer:
@@ -221,6 +223,7 @@ class WeightsFeed:
         self.actor, self.run_id = actor, run_id
         self.ready: Optional[tuple[int, dict]] = None
         self.backlog = 0  # the learner's unconsumed fresh fragments, from its last notice
+        self.short: Optional[tuple[int, dict[str, int]]] = None  # (version, have) while the learner is short of data
         self.notice = asyncio.Event()
         self.fetched = asyncio.Event()
         self.abandoned = False
@@ -232,11 +235,16 @@ class WeightsFeed:
 
     async def on_notice(self, msg) -> None:
         try:
-            _, self.backlog = weights.parse_notice(msg.data)
+            notice = weights.parse_notice(msg.data)
         except (ValueError, RecursionError):  # deeply nested JSON recurses
             self.actor.counters.inc("rejected_notices")
             return
-        self.notice.set()
+        self.backlog = notice.backlog
+        self.short = (notice.version, notice.short) if notice.short is not None else None
+        if notice.short is None or self.ready is None or notice.version > self.ready[0]:
+            self.notice.set()  # weights to fetch
+        else:
+            self.fetched.set()  # nothing to fetch: wakes the waiters to read the notice
 
     async def run(self) -> None:
         while True:
@@ -253,21 +261,28 @@ class WeightsFeed:
             # Nothing published yet (or a failed fetch): poll as well as wait for a notice.
             await _wait_event(self.notice, 0.5 if got is None else 3600.0)
 
-    async def wait_newer(self, version: int, timeout: float, max_backlog: Optional[int] = None) -> bool:
+    async def wait_newer(self, version: int, timeout: float, max_backlog: Optional[int] = None,
+                         sent: Optional[tuple[str, int]] = None) -> bool:
         """Until weights newer than `version` are here and (if given) the learner's
-        backlog is under max_backlog (True), or the timeout passes or the actor
-        leaves the run (False)."""
+        backlog is under max_backlog, or the learner says it holds `sent` (this
+        actor's id and newest fragment) and is short of data (True); or until the
+        timeout passes or the actor leaves the run (False)."""
         deadline = time.time() + timeout
-        while not self._newer(version, max_backlog):
+        while not self._may_act(version, max_backlog, sent):
             if self.abandoned or time.time() >= deadline:
                 return False
             self.fetched.clear()
             await _wait_event(self.fetched, deadline - time.time())
         return True
 
-    def _newer(self, version: int, max_backlog: Optional[int]) -> bool:
-        return self.ready is not None and self.ready[0] > version and (
-            max_backlog is None or self.backlog < max_backlog)
+    def _may_act(self, version: int, max_backlog: Optional[int], sent: Optional[tuple[str, int]]) -> bool:
+        if self.ready is None:
+            return False
+        if sent is not None and self.short is not None:
+            short_version, have = self.short
+            if self.ready[0] >= short_version and have.get(sent[0]) == sent[1]:
+                return True
+        return self.ready[0] > version and (max_backlog is None or self.backlog < max_backlog)
 
 
 async def _wait_event(ev: asyncio.Event, timeout: float) -> None:

@@ -119,6 +119,7 @@ class RunSession:
         self.publish_wanted = asyncio.Event()
         self.prefetch: Optional[Prefetcher] = None
         self.last_publish = 0.0
+        self.last_short: tuple[dict[str, int], float] = ({}, 0.0)  # the last short-of-data notice, and when
         self.series_prev = (self.t0, 0, 0)
         self.ckpt_dir = checkpoints.CheckpointDir(learner.checkpoint_dir, self.run_id, self.cfg.checkpoint_keep)
         self.ckpt_clock = checkpoints.CheckpointClock(self.cfg.checkpoint_interval_s, self.cfg.checkpoint_every_updates)
@@ -159,6 +160,7 @@ class RunSession:
                 while not get.done() and self.stop_reason is None:
                     await asyncio.wait({get}, timeout=0.25)
                     self._check_stop()
+                    await self._announce_if_short()
                 if not get.done():
                     get.cancel()
                     break
@@ -208,6 +210,20 @@ class RunSession:
             self.last_publish = time.time()
             self.publishing = asyncio.create_task(self._publish_weights())
             await asyncio.shield(self.publishing)
+
+    async def _announce_if_short(self) -> None:
+        """While the batch waits for fragments that paced actors hold back (they wait
+        for weights that cannot come first), tell them; again each second, for actors
+        that join. Why: otherwise each such batch costs a full actor_wait."""
+        have = self.prefetch.short_of() if self.prefetch is not None and self.cfg.actor_wait > 0 else {}
+        if not have or (have == self.last_short[0] and time.time() - self.last_short[1] < 1.0):
+            return
+        self.last_short = (have, time.time())
+        try:
+            await weights.announce_short(self.nc, self.run_id, self.version, self.backlog(), have)
+        except Exception as e:
+            self.counters.inc("weights_publish_failed")
+            log.debug("short-of-data notice failed: %s", e)
 
     def backlog(self) -> int:
         """Fresh fragments received and not yet trained on (actors pace themselves by it)."""

@@ -49,6 +49,7 @@ class Prefetcher:
         self.fresh_capacity = fresh_capacity or max(8, 4 * per_batch)
         self.arrived = asyncio.Event()
         self.leftover: Optional[Fragment] = None  # the unused columns of the last fresh fragment
+        self.waiting_with: list[Fragment] = []  # a partial batch's fresh fragments, while it waits for more
         self.gaps = gaps  # per-actor sequence numbers: messages lost in transit
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=cfg.prefetch_batches)
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -84,6 +85,15 @@ class Prefetcher:
         ahead on old weights (a policy lag of one batch) while the learner is still busy."""
         return -(-self.pending_columns // self.cfg.num_envs)
 
+    def short_of(self) -> dict[str, int]:
+        """While a partial batch waits for more fresh fragments: each actor in it and
+        the sequence number of its newest fragment there (empty otherwise). Actors
+        pacing themselves wait for weights that cannot come until more data does."""
+        have: dict[str, int] = {}
+        for f in self.waiting_with:
+            have[f.actor_id] = max(f.seq, have.get(f.actor_id, 0))
+        return have
+
     async def subscribe(self, nc) -> object:
         """Receive this run's fresh fragments (split with the other ranks, if any)."""
         async def on_traj(msg) -> None:
@@ -109,12 +119,16 @@ class Prefetcher:
             n = math.ceil(want_replay / cfg.num_envs)
             got = await self._decode_all(await self.replay(n), fresh=False)
             parts += _take(got, want_replay)
-        fresh_cols = 0
+        fresh_cols, fresh_parts = 0, []
         while (missing := need - sum(f.num_columns for f in parts)) > 0:
             if self.leftover is None:
                 if not self.fresh:
+                    self.waiting_with = fresh_parts
                     self.arrived.clear()
-                    await self.arrived.wait()
+                    try:
+                        await self.arrived.wait()
+                    finally:
+                        self.waiting_with = []
                     continue
                 data, columns = self.fresh.popleft()
                 self.leftover = (await self._decode_all([data], fresh=True) or [None])[0]
@@ -127,6 +141,7 @@ class Prefetcher:
             else:
                 self.leftover = None
             parts.append(f)
+            fresh_parts.append(f)
             fresh_cols += f.num_columns
         batch = await asyncio.get_running_loop().run_in_executor(self.pool, self._collate_to_device, parts)
         batch["fresh_steps"] = torch.tensor(fresh_cols * cfg.unroll_length)
