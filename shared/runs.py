@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import Iterable, Optional
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from shared.config import RunRecord, RunState
@@ -58,16 +58,23 @@ async def create(kv: KeyValue, record: RunRecord) -> int:
 
 
 async def list_all(kv: KeyValue) -> list[RunRecord]:
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return []
     out = []
+    keys = await run_ids(kv)
     for k in keys:
         got = await read(kv, k)
         if got:
             out.append(got[0])
     return sorted(out, key=lambda r: r.created_at)
+
+
+async def run_ids(kv: KeyValue) -> list[str]:
+    """Every key of the runs bucket, from one stream-info request on the bucket's
+    subjects. Why not `kv.keys()`: its watcher once returned without a run that had
+    just finished (a CI run's /metrics scrape lost it), and an operator's list must
+    not drop runs. Keys whose latest entry is a delete are left for `read` to skip."""
+    prefix = kv._pre  # "$KV.<bucket>."
+    info = await kv._js.stream_info(kv._stream, subjects_filter=f"{prefix}>")
+    return sorted(subject[len(prefix):] for subject in (info.state.subjects or {}))
 
 
 async def transition(kv: KeyValue, run_id: str, allowed_from: Iterable[RunState], to: Optional[RunState],
