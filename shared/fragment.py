@@ -86,10 +86,10 @@ def check_header(data: bytes, run_id: str, spec: EnvSpec, T: int) -> dict:
     actor, version = meta.get("actor"), meta.get("version")
     if not isinstance(actor, str) or not 0 < len(actor) <= _ID_MAX:
         raise wire.WireError("bad actor id")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+    if not wire.is_count(version):
         raise wire.WireError("bad version")
     seq = meta.get("seq", 0)
-    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**53:
+    if not wire.is_count(seq):
         raise wire.WireError("bad sequence number")
     got = {s["name"]: (tuple(s["shape"]), s["dtype"]) for s in specs}
     if len(got) != len(specs) or "actions" not in got or len(got["actions"][0]) != 2:

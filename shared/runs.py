@@ -71,7 +71,9 @@ async def run_ids(kv: KeyValue) -> list[str]:
     """Every key of the runs bucket, from one stream-info request on the bucket's
     subjects. Why not `kv.keys()`: its watcher once returned without a run that had
     just finished (a CI run's /metrics scrape lost it), and an operator's list must
-    not drop runs. Keys whose latest entry is a delete are left for `read` to skip."""
+    not drop runs. Keys whose latest entry is a delete are left for `read` to skip.
+    It reads nats-py's KeyValue attributes `_js`, `_stream` and `_pre` (no public
+    handle exists); tests/test_runs_kv.py fails at once if a release renames them."""
     prefix = kv._pre  # "$KV.<bucket>."
     info = await kv._js.stream_info(kv._stream, subjects_filter=f"{prefix}>")
     return sorted(subject[len(prefix):] for subject in (info.state.subjects or {}))

@@ -57,17 +57,12 @@ def parse_notice(data: bytes) -> Notice:
     if not isinstance(msg, dict):
         raise ValueError("bad weights notice")
     version, backlog, short = msg.get("version"), msg.get("backlog", 0), msg.get("short")
-    for v in (version, backlog):
-        if not _count(v):
-            raise ValueError("bad weights notice")
+    if not (wire.is_count(version) and wire.is_count(backlog)):
+        raise ValueError("bad weights notice")
     if short is not None and not (isinstance(short, dict) and len(short) <= MAX_SHORT_ACTORS
-                                  and all(isinstance(k, str) and _count(v) for k, v in short.items())):
+                                  and all(isinstance(k, str) and wire.is_count(v) for k, v in short.items())):
         raise ValueError("bad weights notice")
     return Notice(version, backlog, short)
-
-
-def _count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 async def fetch(assets: Assets, run_id: str, timeout: float = 2.0) -> Optional[tuple[int, dict[str, np.ndarray]]]:

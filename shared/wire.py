@@ -110,6 +110,12 @@ def decode(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
     return meta, arrays
 
 
+def is_count(v: Any, upper: int = 2**53 - 1) -> bool:
+    """A JSON integer in 0..upper (bools are ints in Python and are refused): the one
+    check for every count, size, version and sequence number read off the network."""
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= upper
+
+
 def _check_spec(s: Any) -> None:
     if not isinstance(s, dict):
         raise WireError("array spec is not an object")
@@ -118,10 +124,9 @@ def _check_spec(s: Any) -> None:
         raise WireError("bad array name")
     if dtype not in DTYPES:
         raise WireError(f"dtype {dtype!r} not allowed")
-    if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(
-            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_RAW_BYTES for d in shape):
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(is_count(d, MAX_RAW_BYTES) for d in shape):
         raise WireError("bad shape")
-    if not isinstance(csize, int) or isinstance(csize, bool) or not 0 <= csize <= MAX_RAW_BYTES:
+    if not is_count(csize, MAX_RAW_BYTES):
         raise WireError("bad compressed size")
     if _nbytes(s) > MAX_RAW_BYTES:
         raise WireError("array too large")

@@ -146,7 +146,7 @@ class Actor:
         steps, last_stats, t_start, wait_timeouts = 0, 0.0, time.time(), 0
         used: collections.deque[int] = collections.deque(maxlen=cfg.actor_lead)  # versions of recent fragments
         try:
-            while active.is_set() and not stop.is_set():
+            while active.is_set() and not stop.is_set() and not latest.abandoned:
                 if rollout.version < 0:
                     await latest.wait_newer(-1, 1.0)
                 elif cfg.actor_wait > 0 and len(used) == cfg.actor_lead:

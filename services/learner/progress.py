@@ -7,6 +7,7 @@ import math
 import time
 from typing import Optional
 
+from shared import wire
 from shared.service import Counters
 
 MAX_EPISODES_PER_MSG = 10_000
@@ -59,7 +60,7 @@ class Progress:
             return
         self.actor_steps[actor] = max(steps, self.actor_steps.get(actor, 0))
         timeouts = msg.get("wait_timeouts")
-        if isinstance(timeouts, int) and not isinstance(timeouts, bool) and timeouts >= 0:
+        if wire.is_count(timeouts):
             self.actor_wait_timeouts[actor] = max(timeouts, self.actor_wait_timeouts.get(actor, 0))
         for r, n in parsed:
             self.returns.append(r)
