@@ -61,7 +61,9 @@ def measure(cfg: RunConfig, threads: int, repeats: int, device: torch.device) ->
     x = trainer.model.prepare(flat)
     with torch.no_grad():
         forward = timed(lambda: trainer.model.forward_prepared(x, with_recon=False), repeats, device)
-    return {"threads": threads, "device": str(device), "bf16": trainer.autocast, "samples_per_batch": samples,
+    return {"threads": threads, "device": str(device), "bf16": trainer.autocast,
+            "precision_probe_ms": {k: v * 1e3 for k, v in trainer.precision_probe.items()},
+            "samples_per_batch": samples,
             "seconds_per_new_batch": per_batch,
             "trained_samples_per_s": samples * cfg.reuse / per_batch,
             "fresh_agent_steps_per_s_ceiling": samples / per_batch,

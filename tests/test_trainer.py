@@ -123,6 +123,36 @@ def test_bf16_auto_is_for_image_models_only():
     assert not trainer().autocast  # CartPole's MLP stays float32 whatever the CPU
 
 
+def test_bf16_auto_on_cpu_follows_a_timed_step_of_the_model():
+    """On a CPU, "auto" turns bf16 on only where the CPU has bf16 instructions and
+    the model's own minibatch step was faster in bf16 when timed; the timing
+    leaves the model as it was."""
+    from services.learner.trainer import time_training_step, use_bf16
+    from shared.models import build_model
+
+    cpu = torch.device("cpu")
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert not use_bf16("auto", cpu, image=True, faster_in_bf16=lambda: False)
+    assert use_bf16("auto", cpu, image=True, faster_in_bf16=lambda: True) == native
+
+    spec = EnvSpec((4, 84, 84), "uint8", 6, frame_stack=4, clip_rewards=True)
+    cfg = RunConfig(env_id="ALE/Pong-v5", latent_ae=True, latent_dim=32, unroll_length=8, batch_size=64,
+                    minibatches=4, ae_fraction=0.5)
+    model = build_model(cfg, spec)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    times = time_training_step(model, spec.obs_shape, 16, cfg.ae_fraction, rounds=1)
+    assert set(times) == {"float32", "bf16"} and all(0 < t < 60 for t in times.values())
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    tr = Trainer(cfg, spec)
+    if native:  # timed on this machine: the faster one is used, and the log line says both
+        assert tr.autocast == (tr.precision_probe["bf16"] < tr.precision_probe["float32"])
+        assert "ms a minibatch step" in tr.precision()
+    else:  # nothing to time: float32
+        assert not tr.autocast and not tr.precision_probe and tr.precision() == "float32"
+
+
 def test_lr_schedule_follows_fresh_steps_trained_and_survives_a_checkpoint():
     cfg = RunConfig(learning_rate=1e-3, lr_schedule=[[100, 1e-3], [300, 1e-4]])
     assert [cfg.learning_rate_at(s) for s in (0, 100, 300, 10_000)] == [1e-3, 1e-3, 1e-4, 1e-4]

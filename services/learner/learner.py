@@ -128,7 +128,8 @@ class RunSession:
     # ------------------------------------------------------------------ main
     async def train(self, stop: asyncio.Event) -> None:
         cfg, devices = self.cfg, self.learner.devices
-        log.info("run %s: %s on %s, devices %s", self.run_id, cfg.algorithm, cfg.env_id, devices)
+        log.info("run %s: %s on %s, devices %s, %s", self.run_id, cfg.algorithm, cfg.env_id, devices,
+                 self.trainer.precision())
         loop = asyncio.get_running_loop()
         if self.rec.resume:
             await checkpoints.resume(self, self.learner.checkpoint_dir)

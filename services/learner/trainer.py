@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import collections
 import copy
-from typing import Optional
+import time
+from typing import Callable, Optional
 
 import torch
 
@@ -51,12 +52,17 @@ def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.index_select(0, idx)
 
 
-def use_bf16(setting: str, device: torch.device, image: bool) -> bool:
+def use_bf16(setting: str, device: torch.device, image: bool,
+             faster_in_bf16: Callable[[], bool] = lambda: True) -> bool:
     """Whether the learner runs its model under bf16 autocast. "auto": image
-    models on CUDA, and on CPUs whose bf16 is native (AVX512-BF16 or AMX; on
-    older CPUs oneDNN emulates it, slower than float32). Vector models stay in
-    float32: their values are unclipped returns (CartPole: up to 500), which
-    bf16's 8-bit mantissa would round by up to 2."""
+    models on CUDA; on a CPU with bf16 instructions (AVX512-BF16 or AMX; without
+    them oneDNN emulates bf16, slower than float32), only if `faster_in_bf16()`
+    says so when timed on the model itself. Why time it: the instructions are no
+    promise of speed. On the Zen 4 VM bf16 trained the Pong model 1.4-1.6x
+    faster; on a Xeon VM (Emerald Rapids, AMX not exposed) it was 15 % slower
+    (docs/benchmarks.md). Vector models stay in float32: their values are
+    unclipped returns (CartPole: up to 500), which bf16's 8-bit mantissa would
+    round by up to 2."""
     if setting != "auto":
         return setting == "on"
     if not image:
@@ -66,7 +72,30 @@ def use_bf16(setting: str, device: torch.device, image: bool) -> bool:
     if device.type != "cpu":
         return False
     native = [getattr(torch.cpu, f, lambda: False) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(f() for f in native)
+    return any(f() for f in native) and faster_in_bf16()
+
+
+def time_training_step(model: ActorCritic, obs_shape: tuple[int, ...], samples: int, recon_fraction: float,
+                       rounds: int = 3) -> dict[str, float]:
+    """Seconds of one forward and backward pass of `samples` random frames, in
+    float32 and under bf16 autocast: the best of `rounds`, taken alternately
+    after a warm-up round (oneDNN builds its kernels on first use), so that a
+    busy moment of the machine does not decide. Leaves no gradients behind."""
+    obs = torch.randint(0, 256, (samples, *obs_shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    best = {"float32": float("inf"), "bf16": float("inf")}
+    for r in range(rounds + 1):
+        for name in best:
+            bf16 = name == "bf16"
+            x = model.prepare(obs, dtype=torch.bfloat16 if bf16 else torch.float32)
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits, values, recon = model.forward_prepared(x, with_recon=True, recon_fraction=recon_fraction)
+            loss = logits.float().logsumexp(-1).mean() + values.float().mean()
+            (loss + recon.float() if recon is not None else loss).backward()
+            model.zero_grad(set_to_none=True)
+            if r:
+                best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
 class Trainer:
@@ -86,11 +115,25 @@ class Trainer:
         self.fresh_steps = 0  # fresh agent steps trained, summed over ranks: the lr schedule's clock
         # IMPACT's circular buffer: each batch stays for `reuse` steps, trained once per step.
         self.reuse_buffer: collections.deque = collections.deque(maxlen=cfg.reuse)
-        self.autocast = use_bf16(cfg.bf16, self.device, self.model.image)
+        self.precision_probe: dict[str, float] = {}  # seconds per minibatch step, when "auto" timed them
+        self.autocast = use_bf16(cfg.bf16, self.device, self.model.image, self._bf16_trains_faster)
         # Under bf16 autocast the input is stored in bf16: half the memory, and no
         # cast of the whole batch at every pass's forward.
         self.input_dtype = torch.bfloat16 if self.autocast and self.model.image else torch.float32
         self._spare_input: Optional[torch.Tensor] = None  # the model input of the batch that left the buffer
+
+    def _bf16_trains_faster(self) -> bool:
+        self.precision_probe = time_training_step(self.model, self.spec.obs_shape, self.cfg.batch_size //
+                                                  self.cfg.minibatches, self.cfg.ae_fraction)
+        return self.precision_probe["bf16"] < self.precision_probe["float32"]
+
+    def precision(self) -> str:
+        """What the model runs in, and why (for the learner's log)."""
+        said = "bf16 autocast" if self.autocast else "float32"
+        if self.precision_probe:
+            said += " (bf16: {bf16:.1f} ms, float32: {float32:.1f} ms a minibatch step)".format(
+                **{k: v * 1e3 for k, v in self.precision_probe.items()})
+        return said
 
     def observations(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[T+1, B, *obs_shape] on the device; image stacks rebuilt from frames."""
