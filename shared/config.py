@@ -73,6 +73,8 @@ class RunConfig(BaseModel):
     actor_lead: int = Field(1, ge=1, le=64, description="flow control: fragments an actor may act ahead of the newest weights and of the learner's backlog")
     publish_interval: float = Field(0.2, ge=0.0, le=3600.0, description="min seconds between weight publications")
     prefetch: bool = Field(True, description="parallel data loading: assemble batches ahead of the optimiser")
+    train_ahead: bool = Field(True, description="take each step's passes over older reused batches while the actors act, "
+                              "before the new batch arrives: the same updates in the same order, overlapped with acting")
     prefetch_batches: int = Field(2, ge=1, le=64, description="batches assembled ahead of the optimiser")
     bf16: Literal["auto", "on", "off"] = Field(
         "auto", description="bf16 autocast of the learner's image model: auto = on GPUs and on CPUs with native bf16 "

@@ -55,6 +55,34 @@ def test_each_minibatch_is_one_optimiser_step():
     assert dist(four) > dist(one)
 
 
+@pytest.mark.parametrize("lr", ["schedule", "kl_adaptive"])
+def test_training_ahead_takes_the_same_updates_as_train_on_alone(lr):
+    """train_ahead, called after each step (while actors act), takes the reused
+    passes of the next step early; after every step the weights, the target
+    network, the update count, the learning rate and the reported policy lag are
+    exactly those of steps alone. Reuse 3 with 2 minibatches, the target copied
+    every 3 updates (inside passes), fresh steps or the KL driving the lr."""
+    knobs = dict(algorithm="appo", reuse=3, minibatches=2, target_update_interval=3, entropy_coef=0.01,
+                 **({"lr_schedule": [[2 * T * B, 1e-3], [5 * T * B, 1e-4]]} if lr == "schedule"
+                    else {"lr_kl_target": 1e-3}))
+    plain, ahead = trainer(**knobs), trainer(**knobs)
+    start = {k: v.clone() for k, v in plain.model.state_dict().items()}
+    passes = 0
+    for i in range(7):
+        batch = make_batch(i) | {"fresh_steps": torch.tensor(T * B), "versions": torch.full((B,), plain.updates)}
+        want, got = plain.step(dict(batch)), ahead.step(dict(batch))
+        passes += min(i + 1, 3)  # one per batch in the reuse buffer
+        assert got == want and got["policy_lag"] == 0.0 and ahead.updates == plain.updates == 2 * passes
+        for name in ("model", "target"):
+            mine, theirs = getattr(ahead, name).state_dict(), getattr(plain, name).state_dict()
+            assert all(torch.equal(mine[k], theirs[k]) for k in theirs), (i, name)
+        assert ahead.opt.param_groups[0]["lr"] == plain.opt.param_groups[0]["lr"]
+        ahead.train_ahead()  # meanwhile actors act on the weights of the step just taken
+        ahead.train_ahead()  # once per step: a second call takes nothing
+        assert ahead.acted_version == plain.updates and ahead.updates == plain.updates + 2 * min(i + 1, 2)
+    assert any(not torch.equal(v, start[k]) for k, v in plain.model.state_dict().items())
+
+
 def test_adaptive_lr_moves_towards_the_kl_target():
     # the KL is read before each minibatch's step, against the policy the pass started from:
     # after the first of 4 steps it is > 0, far above a tiny target, so the lr falls

@@ -135,7 +135,7 @@ def restore(session: "RunSession", state: dict, floor: dict) -> None:
     tr = session.trainer
     tr.load_state(state)
     if floor.get("updates") is not None:  # +1: newer than any version actors may already hold
-        tr.updates = max(tr.updates, int(floor["updates"]) + 1)
+        tr.updates = tr.acted_version = max(tr.updates, int(floor["updates"]) + 1)
     session.version = tr.updates
     steps = max(int(state["agent_steps"]), int(floor.get("agent_steps") or 0))
     episodes = max(int(state["episodes"]), int(floor.get("episodes") or 0))

@@ -43,12 +43,13 @@ async def follow(args, stop: asyncio.Event) -> None:
             trainer.target.load_state_dict(trainer.model.state_dict())
 
     await loop.run_in_executor(pool, join)
-    prefetch = Prefetcher(cfg, trainer.spec, args.run, trainer.device, lambda: trainer.updates, counters,
+    prefetch = Prefetcher(cfg, trainer.spec, args.run, trainer.device, lambda: trainer.acted_version, counters,
                           replay_fetcher(nc, args.run, counters) if cfg.replay_proportion > 0 else None,
                           columns=-(-cfg.batch_columns // args.world))
     await prefetch.subscribe(nc)
     feeder = asyncio.create_task(prefetch.run())
     log.info("rank %d of run %s on %s", args.rank, args.run, args.device)
+    ahead: asyncio.Future | None = None
     try:
         while not stop.is_set():
             got = await runs.read(assets.runs, args.run)
@@ -60,7 +61,11 @@ async def follow(args, stop: asyncio.Event) -> None:
                 continue
             await loop.run_in_executor(pool, trainer.step, batch)
             prefetch.consumed(int(batch["fresh_steps"]) // cfg.unroll_length)
+            if cfg.train_ahead:  # as the leader does after every step: the all-reduces pair up
+                ahead = loop.run_in_executor(pool, trainer.train_ahead)
     finally:
+        if ahead is not None:
+            await asyncio.gather(ahead, return_exceptions=True)
         feeder.cancel()
         distributed.shutdown()
         await nc.drain()

@@ -109,8 +109,11 @@ class RunSession:
         self.version = 0
         self.t0 = time.time()
         self.trained_steps = 0
-        self.data_wait = 0.0
-        self.train_time = 0.0
+        self.data_wait = 0.0  # seconds the training thread sat idle waiting for a batch
+        self.train_time = 0.0  # seconds it trained (steps and the passes trained ahead)
+        self.ahead_until = 0.0  # perf_counter when the passes trained ahead ended (inf while they run)
+        self.ahead: Optional[asyncio.Future] = None
+        self.acting: tuple[int, dict] = (0, {})  # (version, weights) actors act on: set after each step
         self.last_losses: dict[str, float] = {}
         self.last_lag = 0.0
         self.stop_reason: Optional[str] = None
@@ -139,6 +142,7 @@ class RunSession:
             port = free_port()
             followers = distributed.spawn_followers(self.run_id, devices, port, self.learner.log_dir)
             await loop.run_in_executor(self.train_pool, self._join_group, port, len(devices))
+        await loop.run_in_executor(self.train_pool, self._snapshot)
         await self._publish_weights()
         # Sequence gaps are only meaningful when this rank sees every fragment of each actor.
         prefetch = self.prefetch = Prefetcher(
@@ -166,18 +170,22 @@ class RunSession:
                     get.cancel()
                     break
                 batch = get.result()
-                self.data_wait += time.perf_counter() - t
-                t = time.perf_counter()
-                stats = await loop.run_in_executor(self.train_pool, self.trainer.step, batch)
-                self.train_time += time.perf_counter() - t
+                ready = time.perf_counter()  # the wait counts from when the passes trained ahead ended
+                self.data_wait += max(0.0, ready - max(t, min(self.ahead_until, ready)))
+                stats = await loop.run_in_executor(self.train_pool, self._step, batch)
                 prefetch.consumed(int(batch["fresh_steps"]) // cfg.unroll_length)
                 self._account(stats)
-                if self.ckpt_clock.due(self.trainer.updates):
-                    await self._checkpoint()
                 if self._publish_due():
                     self.publish_wanted.set()
+                if cfg.train_ahead:  # while the actors act on the weights just published
+                    self.ahead_until = float("inf")
+                    self.ahead = loop.run_in_executor(self.train_pool, self._train_ahead)
+                if self.ckpt_clock.due(self.trainer.updates):
+                    await self._checkpoint()
                 self._check_stop()
         finally:
+            if self.ahead is not None:  # every rank trains ahead after every step: finish in step
+                await _quietly(self.ahead)
             for task in side:
                 task.cancel()
             for s in subs:
@@ -188,6 +196,26 @@ class RunSession:
                 p.terminate()
             distributed.shutdown()
         await self._finish()
+
+    def _step(self, batch: dict) -> dict[str, float]:
+        """One step, then the weights actors will act on (training thread)."""
+        t = time.perf_counter()
+        stats = self.trainer.step(batch)
+        self._snapshot()
+        self.train_time += time.perf_counter() - t
+        return stats
+
+    def _train_ahead(self) -> None:
+        """The next step's passes over older batches (training thread), while actors act."""
+        t = time.perf_counter()
+        self.trainer.train_ahead()
+        self.ahead_until = time.perf_counter()
+        self.train_time += self.ahead_until - t
+
+    def _snapshot(self) -> None:
+        """Copy the weights actors act on with their version, in the training thread and
+        before the passes trained ahead move them (a publish sends this copy)."""
+        self.acting = (self.trainer.acted_version, state_to_numpy(self.trainer.model))
 
     def _publish_due(self) -> bool:
         """After a step: publish every publish_interval, and at once whenever no fresh
@@ -241,7 +269,7 @@ class RunSession:
         self.counters.inc("fresh_batches")
         if self.last_lag > 0:
             self.counters.inc("lagged_batches")  # a lag-0 run (actor_lead 1) should count none
-        self.version = self.trainer.updates
+        self.version = self.acting[0]
         self.last_losses = stats
 
     def _check_stop(self) -> None:
@@ -312,10 +340,7 @@ class RunSession:
             log.debug("metrics publish failed: %s", e)
 
     async def _publish_weights(self) -> None:
-        # Version and weights are read together in the training thread: a step queued
-        # there first moves both (the version read here used to lag the weights).
-        version, arrays = await asyncio.get_running_loop().run_in_executor(
-            self.train_pool, lambda: (self.trainer.updates, state_to_numpy(self.trainer.model)))
+        version, arrays = self.acting  # read together in the training thread (see _snapshot)
         try:
             await weights.publish(self.assets, self.nc, self.run_id, version, arrays, backlog=self.backlog())
         except Exception as e:

@@ -121,6 +121,8 @@ class Trainer:
         # cast of the whole batch at every pass's forward.
         self.input_dtype = torch.bfloat16 if self.autocast and self.model.image else torch.float32
         self._spare_input: Optional[torch.Tensor] = None  # the model input of the batch that left the buffer
+        self.acted_version = 0  # the updates up to the end of the last train_on: the weights actors act on
+        self.trained_ahead = False  # train_ahead took the next train_on's passes over older batches
 
     def _bf16_trains_faster(self) -> bool:
         self.precision_probe = time_training_step(self.model, self.spec.obs_shape, self.cfg.batch_size //
@@ -142,22 +144,54 @@ class Trainer:
         return batch["obs"]
 
     def train_on(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Add a new batch to the reuse buffer and take one update on each batch in it."""
+        """Add a new batch to the reuse buffer and take one update on each batch in it,
+        oldest first (those that `train_ahead` already took are not taken again).
+        Returns the new batch's stats."""
+        older = [] if self.trained_ahead else self._staying()
         if len(self.reuse_buffer) == self.reuse_buffer.maxlen:  # the oldest batch leaves: recycle its input
             self._spare_input = self.reuse_buffer[0].pop("model_input", None)
         self.reuse_buffer.append(batch)
-        stats: dict[str, float] = {}
-        for b in list(self.reuse_buffer):
-            stats = self.update(b)
+        self.trained_ahead = False
+        for b in older:
+            self.update(b)
+        stats = self.update(batch)
+        self.acted_version = self.updates
         return stats
+
+    def train_ahead(self) -> None:
+        """Take now the updates of the next `train_on` that do not need its new batch:
+        one on each batch that stays in the reuse buffer when the next one comes.
+
+        Why: at policy lag 0 (actor_lead 1) the actors act on the weights of the
+        last train_on while the learner would wait for their fragments, and then
+        train_on spends reuse - 1 of its reuse passes on older batches anyway. Run
+        here, in that wait, they overlap the acting. The updates are the same, in
+        the same order, from the same weights, as train_on alone would take them:
+        the actors still act on the weights published after the last train_on
+        (tests/test_trainer.py checks the weights are equal)."""
+        if self.trained_ahead:
+            return
+        self._scheduled_learning_rate()
+        for b in self._staying():
+            self.update(b)
+        self.trained_ahead = True
+
+    def _staying(self) -> list[dict[str, torch.Tensor]]:
+        """The batches that stay in the reuse buffer when the next one is added, oldest first."""
+        keep = self.cfg.reuse - 1
+        return list(self.reuse_buffer)[max(0, len(self.reuse_buffer) - keep):] if keep else []
+
+    def _scheduled_learning_rate(self) -> None:
+        if self.cfg.lr_schedule:
+            self.set_learning_rate(self.cfg.learning_rate_at(self.fresh_steps))
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """train_on, plus what was trained summed over every rank (for metrics; the
-        fresh steps are added to `fresh_steps`, the lr schedule's clock)."""
+        fresh steps are added to `fresh_steps`, the lr schedule's clock). The policy
+        lag is counted from the version actors act on (`acted_version`)."""
         T, B = batch["actions"].shape
-        lag_sum = float((self.updates - batch["versions"]).sum()) if "versions" in batch else 0.0
-        if self.cfg.lr_schedule:
-            self.set_learning_rate(self.cfg.learning_rate_at(self.fresh_steps))
+        lag_sum = float((self.acted_version - batch["versions"]).sum()) if "versions" in batch else 0.0
+        self._scheduled_learning_rate()
         out = self.train_on(batch)
         fresh, trained, lag, cols = distributed.sum_across(
             [float(batch.get("fresh_steps", 0)), float(T * B), lag_sum, float(B)], self.device)
@@ -288,6 +322,7 @@ class Trainer:
             g["fused"] = self.fused or None
         if self.target is not None and state.get("target") is not None:
             self.target.load_state_dict(state["target"])
-        self.updates = int(state["updates"])
+        self.updates = self.acted_version = int(state["updates"])
+        self.trained_ahead = False
         self.fresh_steps = int(state.get("fresh_steps", state.get("fresh_trained_steps", 0)))
 
