@@ -208,9 +208,22 @@ class RunSession:
     def _train_ahead(self) -> None:
         """The next step's passes over older batches (training thread), while actors act."""
         t = time.perf_counter()
-        self.trainer.train_ahead()
+        on_cpu = self.learner.device.type == "cpu"
+        self.trainer.train_ahead(self._share_cores if on_cpu else lambda: None)
+        if on_cpu:
+            torch.set_num_threads(self.cfg.learner_threads)
         self.ahead_until = time.perf_counter()
         self.train_time += self.ahead_until - t
+
+    def _share_cores(self) -> None:
+        """Before each step trained ahead on the CPU: half the learner's threads while
+        no fresh data is waiting (the actors are acting), all of them once it is.
+        Why: the actors' emulators and inference need cores at the same moment, and
+        two busy thread teams on the same cores made the learner's work cost 28 %
+        more CPU time for no gain in agent steps/s (docs/benchmarks.md)."""
+        want = self.cfg.learner_threads if self.backlog() > 0 else max(1, self.cfg.learner_threads // 2)
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
 
     def _snapshot(self) -> None:
         """Copy the weights actors act on with their version, in the training thread and
