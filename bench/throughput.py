@@ -4,7 +4,8 @@
       emulator threads the launcher gives each actor
   (2) the actor's own Rollout (env + CPU policy inference + fragment encoding), same processes
   (3) the whole stack (nats-server, gateway, learner, replay, actors): sampled agent steps/s,
-      trained steps/s, fresh steps trained/s, wire bytes per agent step, data-wait fraction
+      trained steps/s, fresh steps trained/s, wire bytes per agent step, data-wait fraction,
+      and the cores in use (the machine's, and each process's) over the same window
 
     python bench/throughput.py [--seconds 60] [--config configs/pong.json] [--set key=value ...]
 """
@@ -17,6 +18,7 @@ import tempfile
 import time
 
 from common import load_config, write_result
+from procstat import CLK_TCK, cpu_seconds
 
 from services.launcher.stack import ROOT, Stack, env_threads
 from shared.client import GatewayClient
@@ -62,12 +64,24 @@ def in_processes(fn, cfg: dict, seconds: float) -> list:
     return results
 
 
+def cpu_now(pids: dict[str, int]) -> tuple[float, dict[str, float | None]]:
+    """(seconds the machine's CPUs were busy, summed over CPUs; CPU seconds per process) so far."""
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    busy = (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK  # all but idle and iowait
+    return busy, {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
 async def whole_stack(cfg: dict, seconds: float, warmup: float) -> dict:
     with tempfile.TemporaryDirectory() as d, Stack(d) as stack:
         stack.start_all(actors=cfg["num_actors"])
+        pids = {name: p.pid for name, p in stack.procs.items()}
         async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
             await gw.wait_ready()
             run = await gw.start_run(dict(cfg, max_seconds=warmup + seconds, target_return=None))
+            await asyncio.sleep(warmup)
+            (busy0, proc0), t0 = cpu_now(pids), time.perf_counter()
+            await asyncio.sleep(seconds - 2)  # inside the run's steady window
+            (busy1, proc1), dt = cpu_now(pids), time.perf_counter() - t0
             final = await gw.wait_final(run["id"], timeout=warmup + seconds + 300)
             points = await gw.metrics(run["id"])
     steady = [p for p in points if p["elapsed"] >= warmup and not p.get("final")]
@@ -83,6 +97,10 @@ async def whole_stack(cfg: dict, seconds: float, warmup: float) -> dict:
         "wire_bytes_per_agent_step": c.get("fresh_bytes", 0) / max(b["agent_steps"], 1),
         "dropped_fresh": c.get("dropped_fresh", 0), "stale_dropped": c.get("stale_dropped", 0),
         "rejected": c.get("rejected", 0), "final_state": final["state"],
+        # cores in use over the window: the machine's, and each service process's own
+        "cpus_busy": (busy1 - busy0) / dt,
+        "process_cores": {n: round((proc1[n] - proc0[n]) / dt, 3) for n in pids
+                          if proc0[n] is not None and proc1[n] is not None},
     }
 
 

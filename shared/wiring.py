@@ -22,11 +22,6 @@ METRICS_WILDCARD = "metrics.>"
 # Queue groups
 REPLAY_QUEUE = "replay"  # shards split the trajectory stream and answer samples
 
-
-def learner_queue(run_id: str) -> str:
-    """The ranks of a multi-device learner split a run's fresh fragments."""
-    return f"learner-{check_run_id(run_id)}"
-
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 

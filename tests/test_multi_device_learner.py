@@ -1,6 +1,7 @@
 """The multi-device learner path on the whole stack: two gloo ranks on the CPU
-(the same code runs NCCL ranks on GPUs), fragments split across ranks by a
-NATS queue group, the run trains and ends normally."""
+(the same code runs NCCL ranks on GPUs), each taking half of every fragment's
+envs; the run trains and ends normally, and paced actors (actor_lead 1) stay
+at policy lag 0 without a wait running out."""
 import json
 
 import pytest
@@ -22,7 +23,8 @@ async def test_two_rank_learner_trains_cartpole(tmp_path):
         stack.start("actor", "--index", "1", name="actor-1")
         wait_port(stack.gateway_port, timeout=60)
         config = json.loads((ROOT / "configs" / "cartpole.json").read_text())
-        config.update(max_agent_steps=40_000, target_return=None)
+        # Waits that ran out would take 30 s each: the run would not end in time.
+        config.update(max_agent_steps=40_000, target_return=None, actor_wait=30.0)
         async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
             await gw.wait_ready()
             run = await gw.start_run(config)
@@ -41,3 +43,8 @@ async def test_two_rank_learner_trains_cartpole(tmp_path):
     n = final["trained_steps"] // per_step
     assert n >= 3 and final["updates"] == 4 * n - 3, (n, final["updates"])
     assert "rank 1 of run" in (stack.logs / "learner-rank1.log").read_text()
+    # Every round of the two actors' fragments filled both ranks' batches at once. When NATS
+    # handed each fragment to one rank (a queue group), half the rounds left one rank without
+    # data while the actors waited for the step that needed it, until actor_wait ran out.
+    counters = final["counters"]
+    assert counters["actor_wait_timeouts"] == 0 and counters.get("lagged_batches", 0) == 0, counters

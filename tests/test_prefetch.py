@@ -104,3 +104,30 @@ async def test_backlog_counts_columns_until_trained_or_dropped():
     p.consumed(int(batch["fresh_steps"]) // T)
     assert p.backlog() == 1
     task.cancel()
+
+
+async def test_each_rank_takes_its_share_of_every_fragment():
+    """Two ranks of a multi-device learner each take half of every fragment's env
+    columns, so one round of fragments fills both ranks' batches at once (paced
+    actors wait for the step that needs both); together they hold the columns one
+    rank alone would, each once, and each rank's backlog counts fragments."""
+    counters = Counters()
+    cfg = RunConfig(num_envs=N, unroll_length=T, batch_size=2 * N * T, prefetch_batches=2)
+    whole = Prefetcher(cfg, SPEC, "r1", torch.device("cpu"), lambda: 0, counters)
+    ranks = [Prefetcher(cfg, SPEC, "r1", torch.device("cpu"), lambda: 0, counters, columns=N, share=(r, 2))
+             for r in (0, 1)]
+    for i in range(2):
+        data = encode_fragment(Fragment("r1", "a", 0, np.zeros((T + 1, N, 4), np.float32), np.zeros((T, N), np.int32),
+                                        np.zeros((T, N, 2), np.float32),
+                                        np.tile(np.arange(N, dtype=np.float32) + 10 * i, (T, 1)),  # 10 i + column
+                                        np.zeros((T, N), np.uint8)))
+        for p in [whole, *ranks]:
+            p.offer(data)
+    assert [p.backlog() for p in (whole, *ranks)] == [2, 2, 2]
+    one = [int(v) for v in (await asyncio.wait_for(whole.next_batch(), 10))["rewards"][0]]
+    halves = [await asyncio.wait_for(p.next_batch(), 10) for p in ranks]
+    assert [[int(v) for v in h["rewards"][0]] for h in halves] == [[0, 1, 10, 11], [2, 3, 12, 13]]
+    assert sorted(v for h in halves for v in h["rewards"][0].tolist()) == sorted(one)
+    assert all(int(h["fresh_steps"]) == N * T for h in halves)
+    ranks[0].consumed(N)
+    assert ranks[0].backlog() == 0 and ranks[1].backlog() == 2

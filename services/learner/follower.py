@@ -45,7 +45,7 @@ async def follow(args, stop: asyncio.Event) -> None:
     await loop.run_in_executor(pool, join)
     prefetch = Prefetcher(cfg, trainer.spec, args.run, trainer.device, lambda: trainer.acted_version, counters,
                           replay_fetcher(nc, args.run, counters) if cfg.replay_proportion > 0 else None,
-                          columns=-(-cfg.batch_columns // args.world))
+                          columns=cfg.batch_columns // args.world, share=(args.rank, args.world))
     await prefetch.subscribe(nc)
     feeder = asyncio.create_task(prefetch.run())
     log.info("rank %d of run %s on %s", args.rank, args.run, args.device)

@@ -133,6 +133,10 @@ class RunSession:
         cfg, devices = self.cfg, self.learner.devices
         log.info("run %s: %s on %s, devices %s, %s", self.run_id, cfg.algorithm, cfg.env_id, devices,
                  self.trainer.precision())
+        if len(devices) > 1 and (cfg.num_envs % len(devices) or cfg.batch_columns % len(devices)):
+            raise ValueError(f"num_envs ({cfg.num_envs}) and batch_size / unroll_length ({cfg.batch_columns}) "
+                             f"must be multiples of the learner's {len(devices)} devices: each takes an "
+                             "equal share of every fragment's envs")
         loop = asyncio.get_running_loop()
         if self.rec.resume:
             await checkpoints.resume(self, self.learner.checkpoint_dir)
@@ -144,11 +148,10 @@ class RunSession:
             await loop.run_in_executor(self.train_pool, self._join_group, port, len(devices))
         await loop.run_in_executor(self.train_pool, self._snapshot)
         await self._publish_weights()
-        # Sequence gaps are only meaningful when this rank sees every fragment of each actor.
         prefetch = self.prefetch = Prefetcher(
             cfg, self.spec, self.run_id, self.learner.device, lambda: self.version, self.counters,
             replay_fetcher(self.nc, self.run_id, self.counters) if cfg.replay_proportion > 0 else None,
-            columns=-(-cfg.batch_columns // len(devices)), gaps=SequenceGaps() if len(devices) == 1 else None)
+            columns=cfg.batch_columns // len(devices), gaps=SequenceGaps(), share=(0, len(devices)))
 
         async def on_stats(msg) -> None:
             self.progress.on_stats(msg.data, self.counters)
@@ -209,21 +212,24 @@ class RunSession:
         """The next step's passes over older batches (training thread), while actors act."""
         t = time.perf_counter()
         on_cpu = self.learner.device.type == "cpu"
-        self.trainer.train_ahead(self._share_cores if on_cpu else lambda: None)
+        self.trainer.train_ahead(self._share_cores if on_cpu else lambda i, n: None)
         if on_cpu:
             torch.set_num_threads(self.cfg.learner_threads)
         self.ahead_until = time.perf_counter()
         self.train_time += self.ahead_until - t
 
-    def _share_cores(self) -> None:
-        """Before each step trained ahead on the CPU: half the learner's threads while
-        no fresh data is waiting (the actors are acting), all of them once it is.
-        Why: the actors' emulators and inference need cores at the same moment, and
-        two busy thread teams on the same cores made the learner's work cost 28 %
-        more CPU time for no gain in agent steps/s (docs/benchmarks.md)."""
-        want = self.cfg.learner_threads if self.backlog() > 0 else max(1, self.cfg.learner_threads // 2)
-        if torch.get_num_threads() != want:
-            torch.set_num_threads(want)
+    def _share_cores(self, i: int, n: int) -> None:
+        """Before the i-th of n passes trained ahead on the CPU: all but the last on half
+        the learner's threads, since the actors are acting then and their emulators and
+        inference need cores (with all threads the learner's work cost 28 % more CPU
+        time, for no gain in agent steps/s), the last on all of them. On the 2-core
+        Xeon VM this rule gave 579 agent steps/s on Pong, against 498 with every pass
+        on one thread and 498-521 switching to all threads once a fragment was in
+        (docs/benchmarks.md). A fixed rule rather than one timed on the fragments'
+        arrival keeps a seed's run repeatable: the thread count changes the order of
+        floating-point sums."""
+        full = self.cfg.learner_threads
+        torch.set_num_threads(max(1, full // 2) if i < max(1, n - 1) else full)
 
     def _snapshot(self) -> None:
         """Copy the weights actors act on with their version, in the training thread and

@@ -36,8 +36,9 @@ class Prefetcher:
     def __init__(self, cfg: RunConfig, spec: EnvSpec, run_id: str, device: torch.device,
                  version: Callable[[], int], counters: Counters, replay: Optional[ReplayFetch] = None,
                  pool: Optional[concurrent.futures.Executor] = None, fresh_capacity: Optional[int] = None,
-                 columns: Optional[int] = None, gaps: Optional[SequenceGaps] = None):
+                 columns: Optional[int] = None, gaps: Optional[SequenceGaps] = None, share: tuple[int, int] = (0, 1)):
         self.cfg, self.spec, self.run_id, self.device = cfg, spec, run_id, device
+        self.rank, self.world = share  # this rank takes its 1/world of every fragment's env columns
         self.version, self.counters, self.replay = version, counters, replay
         self.pool = pool or concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="decode")
         self.columns = columns or cfg.batch_columns  # this rank's share of the batch
@@ -67,23 +68,34 @@ class Prefetcher:
             self.counters.inc("lost_in_transit", lost)
         self.counters.inc("fresh_fragments")
         self.counters.inc("fresh_bytes", len(data))
+        lo, hi = self.my_columns(meta["columns"])
+        if hi == lo:  # a fragment of fewer envs than ranks: none of it is this rank's
+            return
         if len(self.fresh) >= self.fresh_capacity:
             self.pending_columns -= self.fresh.popleft()[1]
             self.counters.inc("dropped_fresh")
-        self.fresh.append((data, meta["columns"]))
-        self.pending_columns += meta["columns"]
+        self.fresh.append((data, hi - lo))
+        self.pending_columns += hi - lo
         self.arrived.set()
+
+    def my_columns(self, columns: int) -> tuple[int, int]:
+        """This rank's slice of a fragment's env columns. Why every rank takes a share
+        of every fragment, rather than NATS handing each fragment to one rank: with
+        paced actors (actor_lead 1) each round of fragments must fill every rank's
+        batch at once, or a rank that got none waits out actor_wait while the actors
+        wait for the weights that need its step."""
+        return self.rank * columns // self.world, (self.rank + 1) * columns // self.world
 
     def consumed(self, columns: int) -> None:
         """The optimiser has trained on `columns` fresh env columns."""
         self.pending_columns -= columns
 
     def backlog(self) -> int:
-        """Fresh fragments' worth of columns received and not yet trained on. Actors
+        """Fresh fragments' worth of this rank's columns received and not yet trained on. Actors
         pace themselves by it, so it must count columns wherever they are: one that
         is being decoded or assembled, left out of the count, would let an actor act
         ahead on old weights (a policy lag of one batch) while the learner is still busy."""
-        return -(-self.pending_columns // self.cfg.num_envs)
+        return -(-self.pending_columns // max(1, self.cfg.num_envs // self.world))
 
     def short_of(self) -> dict[str, int]:
         """While a partial batch waits for more fresh fragments: each actor in it and
@@ -95,11 +107,11 @@ class Prefetcher:
         return have
 
     async def subscribe(self, nc) -> object:
-        """Receive this run's fresh fragments (split with the other ranks, if any)."""
+        """Receive all of this run's fresh fragments (every rank: see `my_columns`)."""
         async def on_traj(msg) -> None:
             self.offer(msg.data)
 
-        return await nc.subscribe(wiring.traj(self.run_id), queue=wiring.learner_queue(self.run_id), cb=on_traj,
+        return await nc.subscribe(wiring.traj(self.run_id), cb=on_traj,
                                   pending_msgs_limit=4096, pending_bytes_limit=256 * 1024 * 1024)
 
     async def run(self) -> None:
@@ -135,6 +147,8 @@ class Prefetcher:
                 if self.leftover is None:  # rejected or stale: counted, and no longer pending
                     self.pending_columns -= columns
                     continue
+                if self.world > 1:
+                    self.leftover = self.leftover.columns(*self.my_columns(self.leftover.num_columns))
             f = self.leftover
             if f.num_columns > missing:
                 f, self.leftover = f.columns(0, missing), f.columns(missing, f.num_columns)

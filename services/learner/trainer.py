@@ -158,7 +158,7 @@ class Trainer:
         self.acted_version = self.updates
         return stats
 
-    def train_ahead(self, before_each_step: Callable[[], None] = lambda: None) -> None:
+    def train_ahead(self, before_each_pass: Callable[[int, int], None] = lambda i, n: None) -> None:
         """Take now the updates of the next `train_on` that do not need its new batch:
         one on each batch that stays in the reuse buffer when the next one comes.
 
@@ -168,13 +168,15 @@ class Trainer:
         here, in that wait, they overlap the acting. The updates are the same, in
         the same order, from the same weights, as train_on alone would take them:
         the actors still act on the weights published after the last train_on
-        (tests/test_trainer.py checks the weights are equal). `before_each_step` is
-        called before each optimiser step (the learner sets its threads there)."""
+        (tests/test_trainer.py checks the weights are equal). `before_each_pass(i, n)`
+        is called before the i-th of these n passes (the learner sets its threads there)."""
         if self.trained_ahead:
             return
         self._scheduled_learning_rate()
-        for b in self._staying():
-            self.update(b, before_each_step)
+        staying = self._staying()
+        for i, b in enumerate(staying):
+            before_each_pass(i, len(staying))
+            self.update(b)
         self.trained_ahead = True
 
     def _staying(self) -> list[dict[str, torch.Tensor]]:
@@ -240,8 +242,7 @@ class Trainer:
         return {"x": x, "actions": batch["actions"], "behaviour_logits": batch["logits"],
                 "ref_logits": ref_logits, "vs": vt.vs, "adv": vt.pg_advantages, "rhos": vt.rhos}
 
-    def update(self, batch: dict[str, torch.Tensor],
-               before_each_step: Callable[[], None] = lambda: None) -> dict[str, float]:
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One pass over a batch: targets once, then `minibatches` optimiser steps,
         each on a random share of the batch's samples. Why: sample efficiency on
         Atari comes from optimiser steps per agent step (PPO's epochs x
@@ -258,7 +259,6 @@ class Trainer:
         stats: dict[str, float] = {}
         kl = 0.0
         for t_idx, b_idx in parts:
-            before_each_step()
             stats = self._step(prep, t_idx.to(self.device), b_idx.to(self.device))
             kl += stats["kl"] / len(parts)
         if self.cfg.lr_kl_target > 0:
