@@ -5,6 +5,7 @@ must agree across ranks; IMPALA with the lr schedule, whose clock (fresh steps)
 is summed over ranks. Both ranks must end with the same weights."""
 import os
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -79,3 +80,14 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
             for k in ref:
                 assert torch.allclose(ddp[k], ref[k], atol=1e-5, rtol=1e-4), (algorithm, rank, k)
         assert any(not torch.equal(ref[k], init[k]) for k in ref), "training changed nothing"
+
+
+def test_ranks_need_envs_and_batch_columns_that_split_evenly():
+    """Each rank takes an equal slice of every fragment's envs, so a learner on two
+    devices refuses 7 envs, or a batch of 3 columns, with a reason naming both."""
+    distributed.check_shares(RunConfig(num_envs=8, unroll_length=16, batch_size=64), 2)
+    distributed.check_shares(RunConfig(num_envs=7, unroll_length=16, batch_size=48), 1)  # one device: anything
+    for bad in (RunConfig(num_envs=7, unroll_length=16, batch_size=64),
+                RunConfig(num_envs=8, unroll_length=16, batch_size=48)):
+        with pytest.raises(ValueError, match=r"num_envs \(\d\) and batch_size / unroll_length \(\d\) .* 2 devices"):
+            distributed.check_shares(bad, 2)

@@ -20,9 +20,18 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
+from shared.config import RunConfig
 from shared.service import die_with_parent
 
 TIMEOUT = datetime.timedelta(minutes=5)  # a dead rank fails the run instead of hanging it
+
+
+def check_shares(cfg: RunConfig, world: int) -> None:
+    """Each rank takes an equal slice of every fragment's envs (services/learner/prefetch.py,
+    `my_columns`): refuse a run whose envs or batch columns do not split evenly."""
+    if world > 1 and (cfg.num_envs % world or cfg.batch_columns % world):
+        raise ValueError(f"num_envs ({cfg.num_envs}) and batch_size / unroll_length ({cfg.batch_columns}) must be "
+                         f"multiples of the learner's {world} devices: each takes an equal share of every fragment")
 
 
 def visible_devices(spec: str = "auto") -> list[str]:

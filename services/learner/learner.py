@@ -133,10 +133,7 @@ class RunSession:
         cfg, devices = self.cfg, self.learner.devices
         log.info("run %s: %s on %s, devices %s, %s", self.run_id, cfg.algorithm, cfg.env_id, devices,
                  self.trainer.precision())
-        if len(devices) > 1 and (cfg.num_envs % len(devices) or cfg.batch_columns % len(devices)):
-            raise ValueError(f"num_envs ({cfg.num_envs}) and batch_size / unroll_length ({cfg.batch_columns}) "
-                             f"must be multiples of the learner's {len(devices)} devices: each takes an "
-                             "equal share of every fragment's envs")
+        distributed.check_shares(cfg, len(devices))
         loop = asyncio.get_running_loop()
         if self.rec.resume:
             await checkpoints.resume(self, self.learner.checkpoint_dir)
