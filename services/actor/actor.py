@@ -38,9 +38,11 @@ class Rollout:
 
     def __init__(self, cfg: RunConfig, run_id: str, actor_id: str, seed: int, env_threads: int):
         self.cfg, self.run_id, self.actor_id = cfg, run_id, actor_id
-        # Inference gets as many threads as the emulators: with actor_lead 1 the
-        # learner is idle while the actor steps, and the Pong policy's forward at
-        # batch 8 takes 0.90 ms on 2 threads against 1.40 ms on 1 (env step 1.8 ms).
+        # Inference gets as many threads as the emulators: measured when the learner
+        # sat idle while the actor stepped, the Pong policy's forward at batch 8 took
+        # 0.90 ms on 2 threads against 1.40 ms on 1 (env step 1.8 ms). Now that the
+        # learner trains ahead meanwhile, 1 thread was no faster in the whole stack
+        # (753 against 743 agent steps/s, docs/benchmarks.md), so the rule stays.
         # (torch's thread count is per process: one Rollout per actor process.)
         torch.set_num_threads(env_threads)
         self.env = VectorEnv(cfg.env_id, cfg.num_envs, seed, num_threads=env_threads)
