@@ -43,9 +43,7 @@ def worker(rank: int, port: int, algorithm: str, out_path: str) -> None:
     distributed.init(rank, 2, port, "cpu")
     torch.manual_seed(rank + 100)  # different init per rank: the broadcast must fix it
     trainer = Trainer(config(algorithm), SPEC)
-    distributed.broadcast_model(trainer.model)
-    if trainer.target is not None:
-        trainer.target.load_state_dict(trainer.model.state_dict())
+    trainer.join_rank0()
     for step in range(3):  # each rank trains half the fresh steps: the lr falls 1e-3, 1e-3, 1e-4 only if summed
         trainer.step(half(make_batch(step), rank) | {"fresh_steps": torch.tensor(T * B // 2)})
     torch.save(trainer.model.state_dict(), f"{out_path}.{rank}")
@@ -54,6 +52,35 @@ def worker(rank: int, port: int, algorithm: str, out_path: str) -> None:
     # finished all-reduce's tensors, which needs the GIL, and a thread that asks
     # for the GIL during finalization aborts the process (SIGABRT, seen in CI).
     os._exit(0)
+
+
+def train_alone(trainer: Trainer) -> None:
+    """Two steps on whole batches, then forget the reuse buffer, as a trainer restored
+    from a checkpoint has none."""
+    for step in range(2):
+        trainer.step(make_batch(step) | {"fresh_steps": torch.tensor(T * B)})
+    trainer.reuse_buffer.clear()
+
+
+def worker_resumed(rank: int, port: int, algorithm: str, out_path: str) -> None:
+    """Rank 0 has trained alone (as a learner resumed from a checkpoint has), rank 1 is
+    fresh, with other weights and the other precision: joining must give rank 1 all of
+    rank 0's state, or the two drift apart though they average the same gradients."""
+    torch.set_num_threads(1)
+    torch.manual_seed(rank + 100)
+    trainer = Trainer(config(algorithm), SPEC)
+    if rank == 0:
+        train_alone(trainer)
+    else:
+        trainer.autocast = True
+    distributed.init(rank, 2, port, "cpu")
+    trainer.join_rank0()
+    assert (trainer.updates, trainer.fresh_steps, trainer.autocast) == (2 + 4, 2 * T * B, False)  # 2 minibatches, reuse 2
+    for step in range(2, 4):
+        trainer.step(half(make_batch(step), rank) | {"fresh_steps": torch.tensor(T * B // 2)})
+    torch.save(trainer.model.state_dict(), f"{out_path}.{rank}")
+    distributed.shutdown()
+    os._exit(0)  # as in `worker`
 
 
 def single(algorithm: str, init_state: dict) -> dict:
@@ -80,6 +107,23 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
             for k in ref:
                 assert torch.allclose(ddp[k], ref[k], atol=1e-5, rtol=1e-4), (algorithm, rank, k)
         assert any(not torch.equal(ref[k], init[k]) for k in ref), "training changed nothing"
+
+
+def test_a_fresh_rank_joins_a_resumed_rank0_in_step(tmp_path):
+    for algorithm in ("appo", "impala"):
+        out = str(tmp_path / f"{algorithm}.pt")
+        mp.start_processes(worker_resumed, args=(free_port(), algorithm, out), nprocs=2, join=True,
+                           start_method="spawn")
+        torch.manual_seed(100)
+        alone = Trainer(config(algorithm), SPEC)
+        train_alone(alone)
+        for step in range(2, 4):
+            alone.step(make_batch(step) | {"fresh_steps": torch.tensor(T * B)})
+        ref = alone.model.state_dict()
+        for rank in (0, 1):
+            ddp = torch.load(f"{out}.{rank}", weights_only=True)
+            for k in ref:
+                assert torch.allclose(ddp[k], ref[k], atol=1e-5, rtol=1e-4), (algorithm, rank, k)
 
 
 def test_ranks_need_envs_and_batch_columns_that_split_evenly():

@@ -82,6 +82,33 @@ def sum_across(values: Sequence[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def broadcast_values(values: Sequence[float], device: torch.device) -> list[float]:
+    """Rank 0's numbers everywhere (float64: exact for counters up to 2**53)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return t.tolist()
+
+
+def broadcast_optimizer(opt: torch.optim.Optimizer) -> None:
+    """Rank 0's optimiser state (Adam's moments and step counts) everywhere. A rank
+    without state yet (a fresh follower beside a resumed rank 0) first makes it with
+    a step on zero gradients, which moves no weight: Adam's update is m / (sqrt(v) + eps)
+    with m = 0."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    device = params[0].device
+    if broadcast_values([float(bool(opt.state))], device)[0] and not opt.state:
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    for p in params:
+        for _, t in sorted(opt.state.get(p, {}).items()):
+            if torch.is_tensor(t):  # NCCL broadcasts only device tensors: Adam's step count may be on the CPU
+                moved = t.to(device)
+                dist.broadcast(moved, src=0)
+                t.copy_(moved)
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -1,7 +1,7 @@
 """python -m services.learner.follower: rank r > 0 of a multi-device learner.
 
-Started by the leader (rank 0) for one run. It trains on its share of the
-fresh fragments (a NATS queue group splits them) on its own device, in step
+Started by the leader (rank 0) for one run. It trains on its share of every
+fresh fragment's envs (`Prefetcher.my_columns`) on its own device, in step
 with the leader through the gradient all-reduce. It publishes nothing: the
 leader owns weights, metrics, heartbeat and checkpoints. It ends when the
 run leaves `running` or the leader terminates it.
@@ -38,9 +38,7 @@ async def follow(args, stop: asyncio.Event) -> None:
 
     def join() -> None:
         distributed.init(args.rank, args.world, args.port, args.device)
-        distributed.broadcast_model(trainer.model)
-        if trainer.target is not None:
-            trainer.target.load_state_dict(trainer.model.state_dict())
+        trainer.join_rank0()
 
     await loop.run_in_executor(pool, join)
     prefetch = Prefetcher(cfg, trainer.spec, args.run, trainer.device, lambda: trainer.acted_version, counters,

@@ -275,9 +275,9 @@ class RunSession:
         return 0 if self.prefetch is None else self.prefetch.backlog()
 
     def _join_group(self, port: int, world: int) -> None:
-        """Rank 0 of the data-parallel group; everyone starts from these weights."""
+        """Rank 0 of the data-parallel group; everyone starts from this trainer's state."""
         distributed.init(0, world, port, self.learner.devices[0])
-        distributed.broadcast_model(self.trainer.model)
+        self.trainer.join_rank0()
 
     def _account(self, stats: dict[str, float]) -> None:
         self.trained_steps += int(stats.pop("trained_steps"))

@@ -312,6 +312,24 @@ class Trainer:
             self.target.load_state_dict(self.model.state_dict())
         return {k: float(v.detach()) for k, v in out.items()}
 
+    def join_rank0(self) -> None:
+        """Start a data-parallel rank exactly where rank 0 is: its weights, target
+        network, optimiser state, counters, learning rate and precision. Why all of
+        them: after a resume rank 0 holds a checkpoint and a follower a fresh trainer,
+        and `bf16: auto` times each rank's own machine; ranks that differ in any of
+        these drift apart while they average the same gradients."""
+        distributed.broadcast_model(self.model)
+        if self.target is not None:
+            distributed.broadcast_model(self.target)
+        distributed.broadcast_optimizer(self.opt)
+        updates, acted, fresh, lr, bf16 = distributed.broadcast_values(
+            [self.updates, self.acted_version, self.fresh_steps, self.opt.param_groups[0]["lr"],
+             float(self.autocast)], self.device)
+        self.updates, self.acted_version, self.fresh_steps = int(updates), int(acted), int(fresh)
+        self.set_learning_rate(lr)
+        self.autocast = bool(bf16)
+        self.input_dtype = torch.bfloat16 if self.autocast and self.model.image else torch.float32
+
     def state(self) -> dict:
         """Everything a checkpoint needs (plain tensors and numbers: loads with weights_only=True)."""
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
