@@ -4,7 +4,9 @@ Variants (each on the whole stack, same seed and budget), cumulative:
   impala        V-trace PG, Nature CNN, no replay, batches assembled in line (no prefetch)
   +appo         IMPACT loss with target network and the preset's K-fold batch reuse
   +latent_ae    latent auto-encoder encoder instead of the Nature CNN
-  +prefetch     parallel data loading: with the above, this is the Pong preset
+  +prefetch     parallel data loading: batches assembled ahead on a side task, and
+                the reused passes trained while the actors act (train_ahead);
+                with the above, this is the Pong preset
   +replay       half of each batch from the replay shards: all on
 
 Replay comes last because it is the one switch the preset leaves off (it
@@ -26,12 +28,13 @@ from common import curve, first_reach, load_config, machine, run_on_stack, write
 
 from services.launcher.stack import ROOT
 
-BASE = {"algorithm": "impala", "reuse": 1, "replay_proportion": 0.0, "latent_ae": False, "prefetch": False}
+BASE = {"algorithm": "impala", "reuse": 1, "replay_proportion": 0.0, "latent_ae": False, "prefetch": False,
+        "train_ahead": False}
 STEPS = [
     ("impala", {}),
     ("+appo", {"algorithm": "appo", "reuse": None}),  # None: the preset's reuse
     ("+latent_ae", {"latent_ae": True}),
-    ("+prefetch", {"prefetch": True}),
+    ("+prefetch", {"prefetch": True, "train_ahead": True}),
     ("+replay", {"replay_proportion": 0.5}),
 ]
 
