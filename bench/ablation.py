@@ -19,6 +19,12 @@ stops when it reaches the highest threshold or its time is up.
 
     python bench/ablation.py --thresholds 0 --minutes-per-variant 11     # the short version, under an hour
     python bench/ablation.py --thresholds 0 18 --minutes-per-variant 60
+    python bench/ablation.py --thresholds 0 --seeds 0 1 2               # each variant on three seeds
+
+One seed per variant is the short version's weak point: a variant that takes
+the same updates on another floating-point path (or the same path on a slower
+day) moves by more than some switches do. With several seeds the table adds
+each variant's median steps to each threshold.
 """
 from __future__ import annotations
 
@@ -54,30 +60,46 @@ def main() -> None:
     p.add_argument("--minutes-per-variant", type=float, default=10)
     p.add_argument("--only", nargs="*", default=None, help="run only these variant names")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="run every variant once per seed (default: the preset's seed only)")
     p.add_argument("--name", default="ablation", help="results file and docs page name")
     a = p.parse_args()
     base = load_config(ROOT / "configs" / "pong.json", a.set)
+    seeds = a.seeds or [base.get("seed", 0)]
     rows = []
-    for name, switches in variants(base):
-        if a.only and name not in a.only:
-            continue
-        cfg = base | switches | {"max_seconds": a.minutes_per_variant * 60,
-                                 "target_return": max(a.thresholds)}
-        final, points = run_on_stack(cfg, a.minutes_per_variant * 60 + 300)
-        rows.append({"variant": name, "switches": switches, "state": final["state"], "reason": final["reason"],
-                     "reached": {str(t): first_reach(points, t) for t in a.thresholds},
-                     "agent_steps": final["agent_steps"], "elapsed": final["elapsed"],
-                     "dropped": final["dropped"], "final_mean_return": final["mean_return"],
-                     "curve": curve(points)})
-        print(name, rows[-1]["reached"], flush=True)
-        # Written after every variant: an ablation takes hours, and one stopped
-        # part-way still leaves every finished variant on disk.
-        write_result(a.name, {"base": base, "thresholds": a.thresholds,
-                              "minutes_per_variant": a.minutes_per_variant, "variants": rows})
-        write_docs(rows, a.thresholds, a.name, a.minutes_per_variant)
+    for seed in seeds:  # seed-major: a run stopped part-way still holds every variant of the first seeds
+        for name, switches in variants(base):
+            if a.only and name not in a.only:
+                continue
+            cfg = base | switches | {"seed": seed, "max_seconds": a.minutes_per_variant * 60,
+                                     "target_return": max(a.thresholds)}
+            final, points = run_on_stack(cfg, a.minutes_per_variant * 60 + 300)
+            rows.append({"variant": name, "seed": seed, "switches": switches, "state": final["state"],
+                         "reason": final["reason"], "reached": {str(t): first_reach(points, t) for t in a.thresholds},
+                         "agent_steps": final["agent_steps"], "elapsed": final["elapsed"],
+                         "dropped": final["dropped"], "final_mean_return": final["mean_return"],
+                         "curve": curve(points)})
+            print(name, seed, rows[-1]["reached"], flush=True)
+            # Written after every variant: an ablation takes hours, and one stopped
+            # part-way still leaves every finished variant on disk.
+            write_result(a.name, {"base": base, "thresholds": a.thresholds, "seeds": seeds,
+                                  "minutes_per_variant": a.minutes_per_variant, "variants": rows})
+            write_docs(rows, a.thresholds, a.name, a.minutes_per_variant, seeds)
 
 
-def write_docs(rows: list[dict], thresholds: list[float], name: str, minutes: float) -> None:
+def median_steps(rows: list[dict], threshold: float) -> str:
+    """Median agent steps to the threshold over a variant's seeds, an unreached
+    seed counting as more than any reached one (so the median can be 'not
+    reached'), and how many seeds reached it."""
+    steps = sorted(r["reached"][str(threshold)]["agent_steps"] if r["reached"][str(threshold)] else float("inf")
+                   for r in rows)
+    n, hit = len(steps), sum(s != float("inf") for s in steps)
+    mid = steps[(n - 1) // 2] if n % 2 else (steps[n // 2 - 1] + steps[n // 2]) / 2
+    return f"{'not reached' if mid == float('inf') else f'{mid:,.0f}'} ({hit} of {n})"
+
+
+def write_docs(rows: list[dict], thresholds: list[float], name: str, minutes: float,
+               seeds: list[int]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,19 +107,24 @@ def write_docs(rows: list[dict], thresholds: list[float], name: str, minutes: fl
 
     docs = ROOT / "docs"
     (docs / "img").mkdir(parents=True, exist_ok=True)
+    names = list(dict.fromkeys(r["variant"] for r in rows))
+    colours = {v: f"C{i}" for i, v in enumerate(names)}
+    styles = {s: ls for s, ls in zip(seeds, ["-", "--", ":", "-."] * len(seeds))}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, col, label in ((axes[0], 0, "agent steps"), (axes[1], 1, "seconds")):
         for r in rows:
-            ax.plot([c[col] for c in r["curve"]], [c[2] for c in r["curve"]], label=r["variant"])
+            ax.plot([c[col] for c in r["curve"]], [c[2] for c in r["curve"]], color=colours[r["variant"]],
+                    linestyle=styles[r["seed"]],
+                    label=r["variant"] + (f" seed {r['seed']}" if len(seeds) > 1 else ""))
         ax.set_xlabel(label)
         ax.set_ylabel("mean return (last 100 episodes)")
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(docs / "img" / f"{name}.png", dpi=100)
-    head = ("| variant | " + " | ".join(f"steps to {t:g} | seconds to {t:g}" for t in thresholds)
+    head = ("| variant | seed | " + " | ".join(f"steps to {t:g} | seconds to {t:g}" for t in thresholds)
             + " | agent steps/s | agent steps run | final return | best return |")
-    lines = [head, "|" + " --- |" * (1 + 2 * len(thresholds) + 4)]
+    lines = [head, "|" + " --- |" * (2 + 2 * len(thresholds) + 4)]
     for r in rows:
         cells = []
         for t in thresholds:
@@ -107,10 +134,17 @@ def write_docs(rows: list[dict], thresholds: list[float], name: str, minutes: fl
         best = max((c[2] for c in r["curve"]), default=None)
         cells += [f"{r['agent_steps'] / max(r['elapsed'], 1e-9):,.0f}", f"{r['agent_steps']:,}",
                   "-" if fr is None else f"{fr:.1f}", "-" if best is None else f"{best:.1f}"]
-        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['variant']} | {r['seed']} | " + " | ".join(cells) + " |")
+    if len(seeds) > 1:
+        lines += ["", "| variant | " + " | ".join(f"median steps to {t:g} (seeds reaching it)" for t in thresholds)
+                  + " |", "|" + " --- |" * (1 + len(thresholds))]
+        for v in names:
+            mine = [r for r in rows if r["variant"] == v]
+            lines.append(f"| {v} | " + " | ".join(median_steps(mine, t) for t in thresholds) + " |")
     m = machine()
     where = (f"`python bench/ablation.py --thresholds {' '.join(f'{t:g}' for t in thresholds)} "
-             f"--minutes-per-variant {minutes:g}` on {m['cpus']} cores ({m['cpu_model']}), "
+             f"--minutes-per-variant {minutes:g}"
+             f"{' --seeds ' + ' '.join(map(str, seeds)) if len(seeds) > 1 else ''}` on {m['cpus']} cores ({m['cpu_model']}), "
              f"GPUs: {', '.join(m['gpus']) or 'none'}. Cumulative variants, as listed; each stops at the "
              f"highest threshold or after {minutes:g} minutes.")
     (docs / f"{name}.md").write_text(
