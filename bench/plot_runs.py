@@ -30,7 +30,13 @@ def main() -> None:
     p.add_argument("files", nargs="+", help="result files (names in bench/results/ or paths)")
     p.add_argument("--out", required=True)
     p.add_argument("--title", default="ALE/Pong-v5, 2-core VM, no GPU")
+    p.add_argument("--paired", action="store_true",
+                   help="the files are two halves in the same order (say new runs, then the same seeds' old "
+                        "runs): the second half dashed in the first half's colours")
     a = p.parse_args()
+    half = len(a.files) // 2
+    if a.paired and len(a.files) != 2 * half:
+        p.error("--paired needs an even number of files")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,8 +46,10 @@ def main() -> None:
     for i, f in enumerate(a.files):
         path = Path(f) if Path(f).exists() else RESULTS / f
         rows = rows_of(json.loads(path.read_text()))
-        # Ten colours, then the same colours dashed: no two curves look alike.
-        style = {"color": f"C{i % 10}", "linestyle": "-" if i < 10 else "--"}
+        if a.paired:
+            style = {"color": f"C{i % half % 10}", "linestyle": "-" if i < half else "--"}
+        else:  # ten colours, then the same colours dashed: no two curves look alike
+            style = {"color": f"C{i % 10}", "linestyle": "-" if i < 10 else "--"}
         for ax, col in ((axes[0], 0), (axes[1], 1)):
             ax.plot([r[col] for r in rows], [r[2] for r in rows], label=path.stem, **style)
     for ax, label in ((axes[0], "agent steps"), (axes[1], "seconds")):
