@@ -29,6 +29,8 @@ each variant's median steps to each threshold.
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 
 from common import curve, first_reach, load_config, machine, run_on_stack, write_result
 
@@ -91,11 +93,10 @@ def median_steps(rows: list[dict], threshold: float) -> str:
     """Median agent steps to the threshold over a variant's seeds, an unreached
     seed counting as more than any reached one (so the median can be 'not
     reached'), and how many seeds reached it."""
-    steps = sorted(r["reached"][str(threshold)]["agent_steps"] if r["reached"][str(threshold)] else float("inf")
-                   for r in rows)
-    n, hit = len(steps), sum(s != float("inf") for s in steps)
-    mid = steps[(n - 1) // 2] if n % 2 else (steps[n // 2 - 1] + steps[n // 2]) / 2
-    return f"{'not reached' if mid == float('inf') else f'{mid:,.0f}'} ({hit} of {n})"
+    steps = [r["reached"][str(threshold)]["agent_steps"] if r["reached"][str(threshold)] else math.inf
+             for r in rows]
+    mid, hit = statistics.median(steps), sum(s != math.inf for s in steps)
+    return f"{'not reached' if mid == math.inf else f'{mid:,.0f}'} ({hit} of {len(steps)})"
 
 
 def write_docs(rows: list[dict], thresholds: list[float], name: str, minutes: float,
@@ -109,7 +110,7 @@ def write_docs(rows: list[dict], thresholds: list[float], name: str, minutes: fl
     (docs / "img").mkdir(parents=True, exist_ok=True)
     names = list(dict.fromkeys(r["variant"] for r in rows))
     colours = {v: f"C{i}" for i, v in enumerate(names)}
-    styles = {s: ls for s, ls in zip(seeds, ["-", "--", ":", "-."] * len(seeds))}
+    styles = {s: ("-", "--", ":", "-.")[i % 4] for i, s in enumerate(seeds)}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, col, label in ((axes[0], 0, "agent steps"), (axes[1], 1, "seconds")):
         for r in rows:
