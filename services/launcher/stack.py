@@ -53,12 +53,16 @@ def nats_server_binary() -> str:
 
 
 def env_threads(actors: int, cpus: Optional[int] = None) -> int:
-    """C++ emulator threads per actor: this machine's cores shared among its actors.
-    Why more than one: with actor_lead 1 the learner waits for each fragment and
-    the actor for each new policy, so the two mostly take turns; an actor whose
-    envs step on both cores of a 2-core machine makes its fragment about 1.4x
-    sooner (threads that have no work sleep, so the learner loses nothing)."""
-    return max(1, (cpus or os.cpu_count() or 1) // max(actors, 1))
+    """C++ emulator threads per actor (and its inference threads): the machine's
+    cores but the learner's, shared among the actors (as `num_actors` in
+    shared/config.py leaves one core to the learner). Why not all cores: the
+    learner trains its passes over older batches while the actors act
+    (`train_ahead`), so an actor thread on the learner's core only takes turns
+    with it. On the 2-core VM one actor on 1 thread instead of 2 sampled 968
+    and 917 Pong agent steps/s against 933 and 882, alternately
+    (docs/benchmarks.md)."""
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, (cpus - 1) // max(actors, 1))
 
 
 class Stack:
