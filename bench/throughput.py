@@ -1,7 +1,8 @@
 """Sampling and training throughput on Atari, against ceilings measured in the same run.
 
-  (1) bare AtariVectorEnv, random actions, in `num_actors` processes, with the
-      emulator threads the launcher gives each actor
+  (1) bare AtariVectorEnv, random actions, in `num_actors` processes that share all
+      the machine's cores (the stack's actors leave one to the learner: the ceilings
+      are the machine's, not the actors' share of it)
   (2) the actor's own Rollout (env + CPU policy inference + fragment encoding), same processes
   (3) the whole stack (nats-server, gateway, learner, replay, actors): sampled agent steps/s,
       trained steps/s, fresh steps trained/s, wire bytes per agent step, data-wait fraction,
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import tempfile
 import time
 
@@ -24,12 +26,18 @@ from services.launcher.stack import ROOT, Stack, env_threads
 from shared.client import GatewayClient
 
 
+def ceiling_threads(actors: int) -> int:
+    """Emulator and inference threads per process for the ceilings: all cores shared
+    among the actors, as if no learner needed one."""
+    return max(1, (os.cpu_count() or 1) // max(actors, 1))
+
+
 def bare_env(cfg: dict, seconds: float, index: int, out) -> None:
     import numpy as np
 
     from shared.envs import VectorEnv
 
-    env = VectorEnv(cfg["env_id"], cfg["num_envs"], seed=index, num_threads=env_threads(cfg["num_actors"]))
+    env = VectorEnv(cfg["env_id"], cfg["num_envs"], seed=index, num_threads=ceiling_threads(cfg["num_actors"]))
     env.reset()
     rng = np.random.default_rng(index)
     n, t0 = 0, time.perf_counter()
@@ -43,7 +51,7 @@ def rollout(cfg: dict, seconds: float, index: int, out) -> None:
     from services.actor.actor import Rollout
     from shared.config import RunConfig
 
-    r = Rollout(RunConfig(**cfg), "bench", f"a{index}", seed=index, env_threads=env_threads(cfg["num_actors"]))
+    r = Rollout(RunConfig(**cfg), "bench", f"a{index}", seed=index, env_threads=ceiling_threads(cfg["num_actors"]))
     n, nbytes, t0 = 0, 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         payload, steps = r()
@@ -124,6 +132,8 @@ def main() -> None:
         "ceiling_bare_env_steps_per_s": bare,
         "ceiling_env_plus_inference_steps_per_s": infer,
         "actor_bytes_per_agent_step": bytes_per_step,
+        "threads": {"ceiling_per_process": ceiling_threads(cfg["num_actors"]),
+                    "stack_actor_env_threads": env_threads(cfg["num_actors"])},
         "stack": stack,
         "ratios": {"stack_sampled_over_inference_ceiling": stack["sampled_per_s"] / infer,
                    "inference_ceiling_over_bare": infer / bare,
