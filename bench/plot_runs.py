@@ -57,11 +57,14 @@ def main() -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("mean return (last 100 episodes)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    if len(a.files) > 8:  # many runs: the legend beside the plots, not over the curves
+        fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    else:
+        axes[0].legend(fontsize=8)
     fig.suptitle(a.title)
     fig.tight_layout()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(a.out, dpi=100)
+    fig.savefig(a.out, dpi=100, bbox_inches="tight")
     print(a.out)
 
 
