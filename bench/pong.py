@@ -67,6 +67,7 @@ def main() -> None:
         # a policy that is not learning stays near log(actions); a collapsing one falls fast
         "entropy": loss_series(points, "entropy"),
         "learning_rate": loss_series(points, "learning_rate"),
+        "entropy_coef": loss_series(points, "entropy_coef"),
         "targets": {"agent_steps": 1_000_000, "seconds_cpu_2_cores": 45 * 60, "seconds_gpu_16_cores": 120},
     })
 

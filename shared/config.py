@@ -55,6 +55,9 @@ class RunConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0.0, le=1e6, description="global gradient-norm clip")
     gamma: float = Field(0.99, ge=0.0, le=1.0, description="discount")
     entropy_coef: float = Field(0.0, ge=0.0, le=10.0, description="entropy bonus weight")
+    entropy_schedule: list[tuple[int, float]] = Field(
+        default_factory=list, description="piecewise-linear entropy weight over fresh agent steps trained, like "
+        "lr_schedule: [[steps, coef], ...] from entropy_coef at step 0, held after the last point; []: constant")
     value_coef: float = Field(0.5, ge=0.0, le=100.0, description="value loss weight")
     normalize_advantages: bool = Field(False, description="standardize policy-gradient advantages per batch (sparse-reward games)")
     rho_bar: float = Field(1.0, gt=0.0, le=100.0, description="V-trace rho clip")
@@ -113,22 +116,26 @@ class RunConfig(BaseModel):
         return self
 
     def _schedule_valid(self) -> None:
-        steps = [s for s, _ in self.lr_schedule]
-        if any(s <= 0 for s in steps) or steps != sorted(set(steps)):
-            raise ValueError("lr_schedule steps must be positive and strictly increasing")
-        if any(not 0.0 <= lr <= 1.0 for _, lr in self.lr_schedule):
-            raise ValueError("lr_schedule learning rates must be in [0, 1]")
+        for name, top in (("lr_schedule", 1.0), ("entropy_schedule", 10.0)):
+            schedule = getattr(self, name)
+            steps = [s for s, _ in schedule]
+            if any(s <= 0 for s in steps) or steps != sorted(set(steps)):
+                raise ValueError(f"{name} steps must be positive and strictly increasing")
+            if any(not 0.0 <= v <= top for _, v in schedule):
+                raise ValueError(f"{name} values must be in [0, {top:g}]")
         if self.lr_schedule and self.lr_kl_target > 0:
             raise ValueError("lr_schedule and lr_kl_target both set the learning rate: use one")
 
     def learning_rate_at(self, steps: float) -> float:
         """The scheduled learning rate after `steps` fresh agent steps were trained."""
-        lr0, s0 = self.learning_rate, 0.0
-        for s1, lr1 in self.lr_schedule:
-            if steps < s1:
-                return lr0 + (lr1 - lr0) * (steps - s0) / (s1 - s0)
-            s0, lr0 = s1, lr1
-        return lr0
+        return _piecewise_linear(self.learning_rate, self.lr_schedule, steps)
+
+    def entropy_coef_at(self, steps: float) -> float:
+        """The scheduled entropy weight after `steps` fresh agent steps were trained. A fixed
+        weight lets the entropy bonus outgrow the policy gradient once the advantages are mostly
+        noise (late in Pong the policy's entropy rose again at the lr floor); a falling one
+        lets the policy sharpen."""
+        return _piecewise_linear(self.entropy_coef, self.entropy_schedule, steps)
 
     def _fits_in_memory(self) -> None:
         """Refuse sizes whose buffers would not fit in one process (rough upper estimate)."""
@@ -198,3 +205,12 @@ def auto_size(cfg: dict, cpus: Optional[int] = None) -> dict:
     cfg.setdefault("learner_threads", max(1, min(8, cpus // 2 + 1)))
     return cfg
 
+
+def _piecewise_linear(start: float, schedule: list[tuple[int, float]], steps: float) -> float:
+    """`start` at step 0, linear between the schedule's [steps, value] points, the last value after."""
+    v0, s0 = start, 0.0
+    for s1, v1 in schedule:
+        if steps < s1:
+            return v0 + (v1 - v0) * (steps - s0) / (s1 - s0)
+        s0, v0 = s1, v1
+    return v0

@@ -197,10 +197,26 @@ def test_lr_schedule_follows_fresh_steps_trained_and_survives_a_checkpoint():
     assert resumed.step(make_batch(5))["learning_rate"] == 1e-4
 
 
-def test_lr_schedule_is_validated():
+def test_entropy_schedule_sets_the_weight_the_loss_uses():
+    cfg = RunConfig(entropy_coef=0.01, entropy_schedule=[[100, 0.01], [300, 0.001]])
+    assert [cfg.entropy_coef_at(s) for s in (0, 100, 300, 10_000)] == [0.01, 0.01, 0.001, 0.001]
+    assert abs(cfg.entropy_coef_at(200) - 0.0055) < 1e-12
+    # past the schedule's end the weight is 0: the step must match a run with no bonus, not one with 0.5
+    scheduled = trainer(entropy_coef=0.5, entropy_schedule=[[T * B, 0.0]])
+    scheduled.fresh_steps = T * B
+    plain, bonus = trainer(entropy_coef=0.0), trainer(entropy_coef=0.5)
+    for tr in (scheduled, plain, bonus):
+        tr.step(make_batch(0))
+    weights = [torch.cat([p.detach().flatten() for p in tr.model.parameters()]) for tr in (scheduled, plain, bonus)]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+
+
+def test_schedules_are_validated():
     for bad in ([[0, 1e-3]], [[200, 1e-3], [100, 1e-4]], [[100, 2.0]]):
         with pytest.raises(pydantic.ValidationError, match="lr_schedule"):
             RunConfig(lr_schedule=bad)
+        with pytest.raises(pydantic.ValidationError, match="entropy_schedule"):
+            RunConfig(entropy_schedule=[[s, v * 10] for s, v in bad])
     with pytest.raises(pydantic.ValidationError, match="lr_kl_target"):
         RunConfig(lr_schedule=[[100, 1e-4]], lr_kl_target=0.01)
 

@@ -263,7 +263,8 @@ class Trainer:
             kl += stats["kl"] / len(parts)
         if self.cfg.lr_kl_target > 0:
             self._adapt_lr(kl)
-        return stats | {"mean_rho": float(prep["rhos"].mean()), "learning_rate": self.opt.param_groups[0]["lr"]}
+        return stats | {"mean_rho": float(prep["rhos"].mean()), "learning_rate": self.opt.param_groups[0]["lr"],
+                        "entropy_coef": self.cfg.entropy_coef_at(self.fresh_steps)}
 
     def _adapt_lr(self, kl: float) -> None:
         """rl_games' adaptive schedule: the largest step size that keeps the policy
@@ -292,7 +293,7 @@ class Trainer:
             logits, values, recon = self.model.forward_prepared(x, with_recon=cfg.latent_ae,
                                                                 recon_fraction=cfg.ae_fraction)
         logits, values = logits.float(), values.float()
-        common = dict(value_coef=cfg.value_coef, entropy_coef=cfg.entropy_coef)
+        common = dict(value_coef=cfg.value_coef, entropy_coef=cfg.entropy_coef_at(self.fresh_steps))
         if self.target is not None:
             out = losses.appo_loss(logits, values, s["actions"], s["adv"], s["vs"], s["behaviour_logits"],
                                    s["ref_logits"], clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, **common)
