@@ -10,7 +10,11 @@
 #   pong        Pong on the whole stack for PONG_MINUTES (default 4; 18 takes longer
 #               unless the GPU and 16 cores are fast enough) (bench/pong.py)      PONG_MINUTES + 1
 # Results go to bench/results/gpu-*.json and are copied to $OUT.
-#   bash bench/device/check.sh [learner] [throughput] [pong]      (no argument: all three)
+#   bash bench/device/check.sh [learner] [throughput] [pong]      (no argument: all three, in that order)
+# The steps run in the order given, so put first the one that must not be cut by the call's limit.
+# THROUGHPUT_SECONDS (default 60) sets the throughput step's window (its ceilings take half each).
+# The whole log goes to $OUT/check.log, and nvidia-smi's GPU load, once a second, to
+# $OUT/gpu-util.csv with a '# step' line where each step begins.
 # Extra run-config overrides for the stack steps: STACK_SET="num_actors=8 num_envs=16".
 # DEVICE=cpu PY=.venv/bin/python runs the same steps on a machine without a GPU (to try the script).
 set -uo pipefail
@@ -18,8 +22,10 @@ cd "$(dirname "$0")/../.."
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 PONG_MINUTES=${PONG_MINUTES:-4}
+THROUGHPUT_SECONDS=${THROUGHPUT_SECONDS:-60}
 OUT=${OUT:-/tmp/device-out}
 mkdir -p "$OUT"
+exec > >(tee -a "$OUT/check.log") 2>&1
 have_server() { [ -x "$(dirname "$(command -v "$PY")")/nats-server" ] || command -v nats-server >/dev/null; }
 if ! "$PY" -c "import ale_py, gymnasium, nats, lz4, fastapi, uvicorn, pydantic" 2>/dev/null || ! have_server; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -27,7 +33,12 @@ if ! "$PY" -c "import ale_py, gymnasium, nats, lz4, fastapi, uvicorn, pydantic" 
   export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-command -v nvidia-smi >/dev/null && nvidia-smi -L
+smi=
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi -L
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 >>"$OUT/gpu-util.csv" &
+  smi=$!
+fi
 "$PY" -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_count(), 'cpus', os.cpu_count())"
 sets=()
 for kv in ${STACK_SET:-}; do sets+=(--set "$kv"); done
@@ -35,10 +46,11 @@ steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(learner throughput pong)
 rc=0
 for step in "${steps[@]}"; do
-  echo "== $step"
+  echo "== $step $(date +%T)"
+  echo "# $step $(date +%T)" >>"$OUT/gpu-util.csv"
   case $step in
     learner) timeout 150 "$PY" bench/learner.py --device "$DEVICE" --threads 4 --name gpu-learner ;;
-    throughput) timeout 300 "$PY" bench/throughput.py --seconds 60 --warmup 20 --name gpu-throughput "${sets[@]}" ;;
+    throughput) timeout $((THROUGHPUT_SECONDS * 2 + 150)) "$PY" bench/throughput.py --seconds "$THROUGHPUT_SECONDS" --warmup 15 --name gpu-throughput "${sets[@]}" ;;
     pong) timeout $((PONG_MINUTES * 60 + 150)) "$PY" bench/pong.py --max-minutes "$PONG_MINUTES" --name gpu-pong "${sets[@]}" ;;
     *) echo "unknown step $step"; false ;;
   esac
@@ -46,4 +58,6 @@ for step in "${steps[@]}"; do
   [ $status -ne 0 ] && { echo "$step exited with $status"; rc=1; }
   cp bench/results/gpu-* "$OUT"/ 2>/dev/null
 done
+[ -n "$smi" ] && kill "$smi"
+echo "== done $(date +%T)"
 exit $rc
