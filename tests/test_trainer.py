@@ -55,6 +55,17 @@ def test_each_minibatch_is_one_optimiser_step():
     assert dist(four) > dist(one)
 
 
+def test_a_pass_returns_plain_numbers_also_when_minibatches_do_not_divide_the_steps():
+    # 8 steps in 3 minibatches of 3, 3 and 2 samples per column; the statistics come back
+    # from the device in one read at the end of the pass, as floats the learner can publish
+    t = trainer(algorithm="appo", minibatches=3)
+    stats = t.train_on(make_batch())
+    assert t.updates == 3
+    assert {"total", "kl", "grad_norm", "mean_rho", "learning_rate"} <= stats.keys()
+    assert all(type(v) is float for v in stats.values()), stats
+    assert stats["grad_norm"] > 0 and stats["mean_rho"] > 0
+
+
 @pytest.mark.parametrize("lr", ["schedule", "kl_adaptive"])
 def test_training_ahead_takes_the_same_updates_as_train_on_alone(lr):
     """train_ahead, called after each step (while actors act), takes the reused

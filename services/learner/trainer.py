@@ -256,15 +256,25 @@ class Trainer:
             offset, columns = rank * B, world * B  # every rank holds an equal share of the columns
         parts = minibatch_indices(T, B, min(self.cfg.minibatches, T), self.cfg.seed * 1_000_003 + self.updates,
                                   offset, columns)
-        stats: dict[str, float] = {}
-        kl = 0.0
-        for t_idx, b_idx in parts:
-            stats = self._step(prep, t_idx.to(self.device), b_idx.to(self.device))
-            kl += stats["kl"] / len(parts)
+        # All the pass's indices in one copy to the device, and its statistics read back
+        # in one: on a GPU each read of a value (float()) and each copy from pageable
+        # memory waits for the device to finish, so the host could not queue the next
+        # step's kernels while the device ran this one (11 waits a step before).
+        sizes = [len(t_idx) for t_idx, _ in parts]
+        flat = torch.cat([t_idx for t_idx, _ in parts] + [b_idx for _, b_idx in parts]).to(self.device)
+        t_parts, b_parts = flat[:sum(sizes)].split(sizes), flat[sum(sizes):].split(sizes)
+        stats: dict[str, torch.Tensor] = {}
+        kl = torch.zeros((), device=self.device)
+        for t_idx, b_idx in zip(t_parts, b_parts):
+            stats = self._step(prep, t_idx, b_idx)
+            kl = kl + stats["kl"] / len(parts)
+        stats |= {"kl_mean": kl, "mean_rho": prep["rhos"].mean()}
+        values = dict(zip(stats, torch.stack([v.float() for v in stats.values()]).tolist()))
         if self.cfg.lr_kl_target > 0:
-            self._adapt_lr(kl)
-        return stats | {"mean_rho": float(prep["rhos"].mean()), "learning_rate": self.opt.param_groups[0]["lr"],
-                        "entropy_coef": self.cfg.entropy_coef_at(self.fresh_steps)}
+            self._adapt_lr(values["kl_mean"])
+        values.pop("kl_mean")
+        return values | {"learning_rate": self.opt.param_groups[0]["lr"],
+                         "entropy_coef": self.cfg.entropy_coef_at(self.fresh_steps)}
 
     def _adapt_lr(self, kl: float) -> None:
         """rl_games' adaptive schedule: the largest step size that keeps the policy
@@ -284,8 +294,10 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = lr
 
-    def _step(self, prep: dict[str, torch.Tensor], t_idx: torch.Tensor, b_idx: torch.Tensor) -> dict[str, float]:
-        """One optimiser step on the samples (t_idx[i], b_idx[i]) of a prepared batch."""
+    def _step(self, prep: dict[str, torch.Tensor], t_idx: torch.Tensor,
+              b_idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimiser step on the samples (t_idx[i], b_idx[i]) of a prepared batch;
+        its statistics stay on the device (see update)."""
         cfg = self.cfg
         s = {k: v[t_idx, b_idx] for k, v in prep.items() if k not in ("rhos", "x")}
         x = take_rows(prep["x"], t_idx * prep["actions"].shape[1] + b_idx)
@@ -311,7 +323,7 @@ class Trainer:
         self.updates += 1
         if self.target is not None and self.updates % self.cfg.target_update_interval == 0:
             self.target.load_state_dict(self.model.state_dict())
-        return {k: float(v.detach()) for k, v in out.items()}
+        return {k: v.detach() for k, v in out.items()}
 
     def join_rank0(self) -> None:
         """Start a data-parallel rank exactly where rank 0 is: its weights, target
