@@ -32,13 +32,15 @@ def machine() -> dict:
 def write_result(name: str, result: dict) -> Path:
     """Print the result as JSON and write it to bench/results/<name>.json (with the machine)."""
     result = {"benchmark": name, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(), **result}
-    try:
-        result["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                              text=True, cwd=RESULTS.parent).stdout.strip()
-    except OSError:
-        pass
-    # a copy of the tree without .git (the GPU machine's) is told its commit
-    result["git_commit"] = result.get("git_commit") or os.environ.get("RL_GIT_COMMIT", "")
+    # A copy of the tree (the GPU machine's) is told its commit: what git says there may be
+    # an older base commit (on 2026-12-04 it said d95a342 for 1160b9a).
+    result["git_commit"] = os.environ.get("RL_GIT_COMMIT", "")
+    if not result["git_commit"]:
+        try:
+            result["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                  text=True, cwd=RESULTS.parent).stdout.strip()
+        except OSError:
+            pass
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -3,15 +3,21 @@ transport, no actors) on batches shaped like the preset's, and where a pass's
 time goes. Read it beside bench/throughput.py: the whole stack's trained
 samples/s cannot beat this, and at K-fold reuse it samples at most 1/K of it.
 
-    python bench/learner.py [--config configs/pong.json] [--threads 1 2] [--device cuda] [--set key=value ...]
+    python bench/learner.py [--config configs/pong.json] [--threads 1 2] [--device cuda] [--profile] [--set key=value ...]
+
+--profile adds one new batch under torch.profiler: the calls it makes on the host, and
+on a GPU its kernel launches, its waits for the device and the kernels' own time
+against the batch's unprofiled time (the share of it the GPU was busy).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import time
 
 import torch
 from common import load_config, write_result
+from torch.autograd import DeviceType
 
 from services.launcher.stack import ROOT
 from services.learner.trainer import Trainer
@@ -42,7 +48,43 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def measure(cfg: RunConfig, threads: int, repeats: int, device: torch.device) -> dict:
+def where_time_goes(trainer: Trainer, batch: dict[str, torch.Tensor], device: torch.device,
+                    seconds_per_batch: float) -> dict:
+    """One train_on under the profiler. Why: a GPU learner that is slow while the GPU
+    idles spends its time launching kernels or waiting on the device, and only a count
+    of each tells which. Kernel time is the kernels' own, so its share of the unprofiled
+    time is how busy the GPU was."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        trainer.train_on(batch)
+        if cuda:
+            torch.cuda.synchronize(device)
+    events = prof.events()
+    # top-level calls on the host: operators, and in backward the autograd nodes that run them
+    operators = [e for e in events if e.cpu_parent is None and e.device_type == DeviceType.CPU
+                 and not e.name.startswith(("cuda", "ProfilerStep", "[memory]"))]
+    by_name: dict[str, list[float]] = {}
+    for e in operators:
+        by_name.setdefault(e.name, [0, 0.0])
+        by_name[e.name][0] += 1
+        by_name[e.name][1] += e.cpu_time_total / 1e3
+    out = {"host_calls": len(operators),
+           "top_host_calls_by_ms": sorted(([n, c, round(ms, 2)] for n, (c, ms) in by_name.items()),
+                                              key=lambda r: -r[2])[:12]}
+    if cuda:
+        api = collections.Counter(e.name for e in events if e.name.startswith("cuda"))
+        kernel_s = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6
+        out |= {"kernel_launches": api.get("cudaLaunchKernel", 0) + api.get("cudaLaunchKernelExC", 0),
+                "device_waits": sum(v for k, v in api.items() if "Synchronize" in k),
+                "memcpy_calls": sum(v for k, v in api.items() if "Memcpy" in k),
+                "kernel_seconds": kernel_s, "gpu_busy_share": kernel_s / seconds_per_batch,
+                "cuda_api_calls": dict(api.most_common(8))}
+    return out
+
+
+def measure(cfg: RunConfig, threads: int, repeats: int, device: torch.device, profile: bool = False) -> dict:
     torch.set_num_threads(threads)
     spec = env_spec(cfg.env_id)
     torch.manual_seed(cfg.seed)
@@ -61,6 +103,12 @@ def measure(cfg: RunConfig, threads: int, repeats: int, device: torch.device) ->
     x = trainer.model.prepare(flat)
     with torch.no_grad():
         forward = timed(lambda: trainer.model.forward_prepared(x, with_recon=False), repeats, device)
+    profiled = None
+    if profile:
+        try:
+            profiled = where_time_goes(trainer, next(fresh), device, per_batch)
+        except Exception as e:  # noqa: BLE001  a profiler that fails must not cost the timing above
+            profiled = {"error": repr(e)}
     return {"threads": threads, "device": str(device), "bf16": trainer.autocast,
             "precision_probe_ms": {k: v * 1e3 for k, v in trainer.precision_probe.items()},
             "samples_per_batch": samples,
@@ -68,7 +116,9 @@ def measure(cfg: RunConfig, threads: int, repeats: int, device: torch.device) ->
             "trained_samples_per_s": samples * cfg.reuse / per_batch,
             "fresh_agent_steps_per_s_ceiling": samples / per_batch,
             "prepare_ms_per_batch": prepare * 1e3, "forward_ms_per_batch": forward * 1e3,
-            "optimiser_steps_per_new_batch": cfg.reuse * cfg.minibatches}
+            "optimiser_steps_per_new_batch": cfg.reuse * cfg.minibatches,
+            "ms_per_optimiser_step": per_batch * 1e3 / (cfg.reuse * cfg.minibatches),
+            "profile_of_one_new_batch": profiled}
 
 
 def main() -> None:
@@ -78,10 +128,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--profile", action="store_true", help="also profile one new batch (see above)")
     p.add_argument("--name", default="learner")
     a = p.parse_args()
     cfg = RunConfig(**load_config(a.config, a.set))
-    rows = [measure(cfg, t, a.repeats, torch.device(a.device)) for t in a.threads]
+    rows = [measure(cfg, t, a.repeats, torch.device(a.device), a.profile) for t in a.threads]
     for r in rows:
         print(f"{r['device']}, threads {r['threads']}: {r['trained_samples_per_s']:.0f} trained samples/s, "
               f"ceiling {r['fresh_agent_steps_per_s_ceiling']:.0f} fresh agent steps/s at reuse {cfg.reuse}")

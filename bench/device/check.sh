@@ -49,7 +49,7 @@ for step in "${steps[@]}"; do
   echo "== $step $(date +%T)"
   echo "# $step $(date +%T)" >>"$OUT/gpu-util.csv"
   case $step in
-    learner) timeout 150 "$PY" bench/learner.py --device "$DEVICE" --threads 4 --name gpu-learner ;;
+    learner) timeout 150 "$PY" bench/learner.py --device "$DEVICE" --threads 4 --profile --name gpu-learner ;;
     throughput) timeout $((THROUGHPUT_SECONDS * 2 + 150)) "$PY" bench/throughput.py --seconds "$THROUGHPUT_SECONDS" --warmup 15 --name gpu-throughput "${sets[@]}" ;;
     pong) timeout $((PONG_MINUTES * 60 + 150)) "$PY" bench/pong.py --max-minutes "$PONG_MINUTES" --name gpu-pong "${sets[@]}" ;;
     *) echo "unknown step $step"; false ;;
