@@ -33,12 +33,33 @@ def vtrace(behaviour_logp: torch.Tensor, target_logp: torch.Tensor, rewards: tor
     cs = lambda_ * rhos.clamp(max=c_bar)
     values_tp1 = torch.cat([values[1:], bootstrap.unsqueeze(0)], dim=0)
     deltas = clipped_rhos * (rewards + discounts * values_tp1 - values)
-    acc = torch.zeros_like(bootstrap)
-    out = torch.empty_like(values)
-    for t in range(values.shape[0] - 1, -1, -1):
-        acc = deltas[t] + discounts[t] * cs[t] * acc
-        out[t] = acc
-    vs = out + values
+    vs = backward_scan(deltas, discounts * cs, torch.zeros_like(bootstrap)) + values
     vs_tp1 = torch.cat([vs[1:], bootstrap.unsqueeze(0)], dim=0)
     pg_rhos = rhos.clamp(max=rho_bar if pg_rho_bar is None else pg_rho_bar)
     return VTrace(vs=vs, pg_advantages=pg_rhos * (rewards + discounts * vs_tp1 - values), rhos=rhos)
+
+
+def backward_scan(x: torch.Tensor, a: torch.Tensor, last: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+    """out[t] = x[t] + a[t] * out[t+1] for t < T, with out[T] = `last`; all [T, ...].
+
+    Why not the plain loop over t: on a GPU each of its 3T small operators is a
+    kernel launch, and the learner's steps there are bound by launches, not by
+    the GPU (docs/benchmarks.md, the H200 section). Here each chunk of L steps
+    is solved at once: out[t] = sum_k W[t, k] x[k] + (prod of a over t..L-1) out[L],
+    where W[t, k] is the product of a over t..k-1 for k >= t (1 at k = t, 0 for
+    k < t), one cumulative product over an [L, L, ...] copy of a. A chunk of 32
+    keeps that copy small and the products short, so each stays as accurate as
+    the loop's; the chunks themselves run backwards, about a tenth of the operators."""
+    T = x.shape[0]
+    out = torch.empty_like(x)
+    for end in range(T, 0, -chunk):
+        start = max(0, end - chunk)
+        L = end - start
+        below = torch.ones(L, L, dtype=torch.bool, device=x.device).tril(-1)  # [t, k]: k < t
+        below = below.view(L, L, *([1] * (x.dim() - 1)))
+        a_chunk = a[start:end]
+        prods = a_chunk.unsqueeze(0).expand(L, *a_chunk.shape).masked_fill(below, 1.0).cumprod(dim=1)
+        weights = torch.cat([torch.ones_like(prods[:, :1]), prods[:, :-1]], dim=1).masked_fill(below, 0.0)
+        out[start:end] = (weights * x[start:end].unsqueeze(0)).sum(dim=1) + prods[:, -1] * last
+        last = out[start]
+    return out

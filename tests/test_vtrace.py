@@ -78,3 +78,37 @@ def test_on_policy_lambda_targets_are_gae():
         acc = deltas[s] + g * lam * acc
         gae[s] = acc
     np.testing.assert_allclose(out.vs.numpy() - values, gae, rtol=1e-10)
+
+
+@pytest.mark.parametrize("T", [1, 31, 32, 33, 70])
+def test_backward_scan_equals_the_recursion_across_chunks(T):
+    """The chunked scan V-trace runs on equals out[t] = x[t] + a[t] out[t+1] step by step,
+    also where T is not a multiple of the chunk and where an episode ends (a = 0)."""
+    from shared.vtrace import backward_scan
+
+    g = torch.Generator().manual_seed(T)
+    x = torch.randn(T, 5, dtype=torch.float64, generator=g)
+    a = torch.rand(T, 5, dtype=torch.float64, generator=g) * (torch.rand(T, 5, generator=g) > 0.1)
+    last = torch.randn(5, dtype=torch.float64, generator=g)
+    expected, acc = torch.empty_like(x), last
+    for t in reversed(range(T)):
+        acc = x[t] + a[t] * acc
+        expected[t] = acc
+    torch.testing.assert_close(backward_scan(x, a, last), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(backward_scan(x.float(), a.float(), last.float()), expected.float(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_vtrace_matches_reference_over_several_chunks():
+    rng = np.random.default_rng(9)
+    T, B = 70, 3
+    behaviour = rng.normal(size=(T, B))
+    target = behaviour + rng.normal(scale=0.5, size=(T, B))
+    rewards, dones = rng.normal(size=(T, B)), rng.random((T, B)) < 0.05
+    discounts = 0.99 * (1 - dones)
+    values, bootstrap = rng.normal(size=(T, B)), rng.normal(size=B)
+    vs_ref, pg_ref = reference(target - behaviour, rewards, discounts, values, bootstrap, 1.0, 1.0, 0.95)
+    t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    out = vtrace(t(behaviour), t(target), t(rewards), t(discounts), t(values), t(bootstrap), lambda_=0.95)
+    np.testing.assert_allclose(out.vs.numpy(), vs_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(out.pg_advantages.numpy(), pg_ref, rtol=1e-10, atol=1e-10)
