@@ -1,9 +1,11 @@
 """V-trace against a plain loop over the paper's sum (IMPALA eq. 1), not its recursion."""
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
 
-from shared.vtrace import vtrace
+from shared.vtrace import backward_scan, vtrace
 
 
 def reference(log_rhos, rewards, discounts, values, bootstrap, rho_bar, c_bar, lam=1.0):
@@ -84,8 +86,6 @@ def test_on_policy_lambda_targets_are_gae():
 def test_backward_scan_equals_the_recursion_across_chunks(T):
     """The chunked scan V-trace runs on equals out[t] = x[t] + a[t] out[t+1] step by step,
     also where T is not a multiple of the chunk and where an episode ends (a = 0)."""
-    from shared.vtrace import backward_scan
-
     g = torch.Generator().manual_seed(T)
     x = torch.randn(T, 5, dtype=torch.float64, generator=g)
     a = torch.rand(T, 5, dtype=torch.float64, generator=g) * (torch.rand(T, 5, generator=g) > 0.1)
@@ -97,6 +97,7 @@ def test_backward_scan_equals_the_recursion_across_chunks(T):
     torch.testing.assert_close(backward_scan(x, a, last), expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(backward_scan(x.float(), a.float(), last.float()), expected.float(),
                                rtol=1e-5, atol=1e-5)
+    assert torch.equal(backward_scan(x, a, last, chunk=1), expected)  # the loop, bit for bit
 
 
 def test_vtrace_matches_reference_over_several_chunks():
@@ -109,6 +110,9 @@ def test_vtrace_matches_reference_over_several_chunks():
     values, bootstrap = rng.normal(size=(T, B)), rng.normal(size=B)
     vs_ref, pg_ref = reference(target - behaviour, rewards, discounts, values, bootstrap, 1.0, 1.0, 0.95)
     t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
-    out = vtrace(t(behaviour), t(target), t(rewards), t(discounts), t(values), t(bootstrap), lambda_=0.95)
-    np.testing.assert_allclose(out.vs.numpy(), vs_ref, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(out.pg_advantages.numpy(), pg_ref, rtol=1e-10, atol=1e-10)
+    for chunk in (1, 32):  # CPU tensors take the loop (chunk 1); GPU ones the chunks
+        forced = lambda x, a, last, _device_choice, c=chunk: backward_scan(x, a, last, c)  # noqa: E731
+        with mock.patch("shared.vtrace.backward_scan", forced):
+            out = vtrace(t(behaviour), t(target), t(rewards), t(discounts), t(values), t(bootstrap), lambda_=0.95)
+        np.testing.assert_allclose(out.vs.numpy(), vs_ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(out.pg_advantages.numpy(), pg_ref, rtol=1e-10, atol=1e-10)
