@@ -15,7 +15,8 @@
 # THROUGHPUT_SECONDS (default 60) sets the throughput step's window (its ceilings take half each).
 # The whole log goes to $OUT/check.log, and nvidia-smi's GPU load, once a second, to
 # $OUT/gpu-util.csv with a '# step' line where each step begins.
-# Extra run-config overrides for the stack steps: STACK_SET="num_actors=8 num_envs=16".
+# Extra run-config overrides for the stack steps: STACK_SET="num_actors=8 num_envs=16"; extra
+# learner runs, one per override: LEARNER_VARIANTS="minibatches=2 minibatches=1".
 # DEVICE=cpu PY=.venv/bin/python runs the same steps on a machine without a GPU (to try the script).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,6 +27,7 @@ THROUGHPUT_SECONDS=${THROUGHPUT_SECONDS:-60}
 OUT=${OUT:-/tmp/device-out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/check.log") 2>&1
+start=$(mktemp)  # results newer than this are this call's (bench/results/ keeps earlier gpu-* files)
 have_server() { [ -x "$(dirname "$(command -v "$PY")")/nats-server" ] || command -v nats-server >/dev/null; }
 if ! "$PY" -c "import ale_py, gymnasium, nats, lz4, fastapi, uvicorn, pydantic" 2>/dev/null || ! have_server; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -49,14 +51,20 @@ for step in "${steps[@]}"; do
   echo "== $step $(date +%T)"
   echo "# $step $(date +%T)" >>"$OUT/gpu-util.csv"
   case $step in
-    learner) timeout 150 "$PY" bench/learner.py --device "$DEVICE" --threads 4 --profile --name gpu-learner ;;
+    learner)
+      timeout 150 "$PY" bench/learner.py --device "$DEVICE" --threads 4 --profile --name gpu-learner
+      # each LEARNER_VARIANTS entry (e.g. "minibatches=2"): the same, with that override, to
+      # see whether a step's time follows its samples (GPU-bound) or its launches (host-bound)
+      for v in ${LEARNER_VARIANTS:-}; do
+        timeout 100 "$PY" bench/learner.py --device "$DEVICE" --threads 4 --set "$v" --name "gpu-learner-${v//[^A-Za-z0-9]/-}" || false
+      done ;;
     throughput) timeout $((THROUGHPUT_SECONDS * 2 + 150)) "$PY" bench/throughput.py --seconds "$THROUGHPUT_SECONDS" --warmup 15 --name gpu-throughput "${sets[@]}" ;;
     pong) timeout $((PONG_MINUTES * 60 + 150)) "$PY" bench/pong.py --max-minutes "$PONG_MINUTES" --name gpu-pong "${sets[@]}" ;;
     *) echo "unknown step $step"; false ;;
   esac
   status=$?
   [ $status -ne 0 ] && { echo "$step exited with $status"; rc=1; }
-  cp bench/results/gpu-* "$OUT"/ 2>/dev/null
+  find bench/results -maxdepth 1 -name 'gpu-*' -newer "$start" -exec cp {} "$OUT"/ \;  # this call's only
 done
 [ -n "$smi" ] && kill "$smi"
 echo "== done $(date +%T)"
