@@ -261,20 +261,18 @@ class Trainer:
         # memory waits for the device to finish, so the host could not queue the next
         # step's kernels while the device ran this one (11 waits a step before).
         sizes = [len(t_idx) for t_idx, _ in parts]
-        flat = torch.cat([t_idx for t_idx, _ in parts] + [b_idx for _, b_idx in parts]).to(self.device)
-        t_parts, b_parts = flat[:sum(sizes)].split(sizes), flat[sum(sizes):].split(sizes)
+        idx = torch.stack([torch.cat([t for t, _ in parts]), torch.cat([b for _, b in parts])]).to(self.device)
         stats: dict[str, torch.Tensor] = {}
         kl = torch.zeros((), device=self.device)
-        for t_idx, b_idx in zip(t_parts, b_parts):
+        for t_idx, b_idx in idx.split(sizes, dim=1):
             stats = self._step(prep, t_idx, b_idx)
             kl = kl + stats["kl"] / len(parts)
-        stats |= {"kl_mean": kl, "mean_rho": prep["rhos"].mean()}
-        values = dict(zip(stats, torch.stack([v.float() for v in stats.values()]).tolist()))
+        stats["mean_rho"] = prep["rhos"].mean()
+        *read, kl_mean = torch.stack([v.float() for v in stats.values()] + [kl]).tolist()
         if self.cfg.lr_kl_target > 0:
-            self._adapt_lr(values["kl_mean"])
-        values.pop("kl_mean")
-        return values | {"learning_rate": self.opt.param_groups[0]["lr"],
-                         "entropy_coef": self.cfg.entropy_coef_at(self.fresh_steps)}
+            self._adapt_lr(kl_mean)
+        return dict(zip(stats, read)) | {"learning_rate": self.opt.param_groups[0]["lr"],
+                                         "entropy_coef": self.cfg.entropy_coef_at(self.fresh_steps)}
 
     def _adapt_lr(self, kl: float) -> None:
         """rl_games' adaptive schedule: the largest step size that keeps the policy
