@@ -94,8 +94,12 @@ def measure(cfg: RunConfig, threads: int, repeats: int, device: torch.device, pr
     # call gets a batch never seen before, so its input conversion is counted (and, a few
     # ms, making the random batch and, on a GPU, copying it there: the ceiling errs low).
     fresh = ({k: v.to(device) for k, v in synthetic_batch(cfg, spec.num_actions, i).items()} for i in range(10**9))
+    t0 = time.perf_counter()
     for _ in range(cfg.reuse):
         trainer.train_on(next(fresh))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    warmup = time.perf_counter() - t0  # with `compile`, mostly the compile
     per_batch = timed(lambda: trainer.train_on(next(fresh)), repeats, device)
     frames = trainer.observations(next(fresh))
     flat = frames.reshape(-1, *frames.shape[2:])
@@ -111,7 +115,7 @@ def measure(cfg: RunConfig, threads: int, repeats: int, device: torch.device, pr
             profiled = {"error": repr(e)}
     return {"threads": threads, "device": str(device), "bf16": trainer.autocast,
             "precision_probe_ms": {k: v * 1e3 for k, v in trainer.precision_probe.items()},
-            "samples_per_batch": samples,
+            "samples_per_batch": samples, "compile": cfg.compile, "warmup_seconds": warmup,
             "seconds_per_new_batch": per_batch,
             "trained_samples_per_s": samples * cfg.reuse / per_batch,
             "fresh_agent_steps_per_s_ceiling": samples / per_batch,

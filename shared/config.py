@@ -83,6 +83,8 @@ class RunConfig(BaseModel):
         "auto", description="bf16 autocast of the learner's image model: auto = on GPUs and on CPUs with native bf16 "
         "(AVX512-BF16 or AMX), where it trains 1.3-1.7x faster; vector models stay float32 (unclipped returns)")
     learner_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads in the learner on CPU")
+    compile: bool = Field(False, description="torch.compile the learner's forward and losses; on CUDA also replayed as "
+                          "CUDA graphs (a GPU learner step is bound by its kernel launches); costs a compile at start")
     # --- fault tolerance ----------------------------------------------------
     checkpoint_interval_s: float = Field(30.0, ge=0.0, le=86_400.0, description="seconds between checkpoints (0: off)")
     checkpoint_every_updates: int = Field(0, ge=0, le=10_000_000, description="updates between checkpoints (0: off)")

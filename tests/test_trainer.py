@@ -222,6 +222,28 @@ def test_entropy_schedule_sets_the_weight_the_loss_uses():
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
 
 
+def test_compiled_steps_equal_eager_ones_without_a_compile_per_entropy_weight():
+    """`compile` (torch.compile of the forward and losses; on CUDA replayed as CUDA graphs)
+    must take the same updates as eager code, to float tolerance, and compile once per
+    minibatch shape: the entropy weight falls every batch along its schedule, and were it
+    a constant of the graph each new value would be a fresh compile (seconds on a CPU)."""
+    torch._dynamo.reset()
+    sched = dict(algorithm="appo", minibatches=2, entropy_coef=0.05, entropy_schedule=[[1, 0.05], [4 * T * B, 0.0]])
+    runs = {}
+    for compiled in (False, True):
+        tr = trainer(**sched, compile=compiled)
+        stats = [tr.step(make_batch(i) | {"fresh_steps": torch.tensor(T * B)}) for i in range(4)]
+        runs[compiled] = (torch.cat([p.detach().flatten() for p in tr.model.parameters()]), stats)
+    assert len({s["entropy_coef"] for s in runs[True][1]}) == 4  # the weight changed at every batch
+    for eager, comp in zip(runs[False][1], runs[True][1]):
+        assert comp.keys() == eager.keys() and all(type(v) is float for v in comp.values())
+        assert comp["total"] == pytest.approx(eager["total"], rel=1e-4, abs=1e-6)
+    assert torch.allclose(runs[True][0], runs[False][0], rtol=1e-4, atol=1e-6)
+    start = torch.cat([p.detach().flatten() for p in trainer(**sched).model.parameters()])
+    assert (runs[True][0] - start).abs().max() > 1e-3  # 8 steps moved the weights: the match is not vacuous
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # 2 minibatches of 24: one shape
+
+
 def test_schedules_are_validated():
     for bad in ([[0, 1e-3]], [[200, 1e-3], [100, 1e-4]], [[100, 2.0]]):
         with pytest.raises(pydantic.ValidationError, match="lr_schedule"):

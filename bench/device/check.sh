@@ -16,7 +16,8 @@
 # The whole log goes to $OUT/check.log, and nvidia-smi's GPU load, once a second, to
 # $OUT/gpu-util.csv with a '# step' line where each step begins.
 # Extra run-config overrides for the stack steps: STACK_SET="num_actors=8 num_envs=16"; extra
-# learner runs, one per override: LEARNER_VARIANTS="minibatches=2 minibatches=1".
+# learner runs, one per override: LEARNER_VARIANTS="compile=true minibatches=2" (a compile
+# takes a minute or two there: its warm-up, reported as warmup_seconds).
 # DEVICE=cpu PY=.venv/bin/python runs the same steps on a machine without a GPU (to try the script).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -56,7 +57,7 @@ for step in "${steps[@]}"; do
       # each LEARNER_VARIANTS entry (e.g. "minibatches=2"): the same, with that override, to
       # see whether a step's time follows its samples (GPU-bound) or its launches (host-bound)
       for v in ${LEARNER_VARIANTS:-}; do
-        timeout 100 "$PY" bench/learner.py --device "$DEVICE" --threads 4 --set "$v" --name "gpu-learner-${v//[^A-Za-z0-9]/-}" || false
+        timeout 240 "$PY" bench/learner.py --device "$DEVICE" --threads 4 --set "$v" --name "gpu-learner-${v//[^A-Za-z0-9]/-}" || false
       done ;;
     throughput) timeout $((THROUGHPUT_SECONDS * 2 + 150)) "$PY" bench/throughput.py --seconds "$THROUGHPUT_SECONDS" --warmup 15 --name gpu-throughput "${sets[@]}" ;;
     pong) timeout $((PONG_MINUTES * 60 + 150)) "$PY" bench/pong.py --max-minutes "$PONG_MINUTES" --name gpu-pong "${sets[@]}" ;;
