@@ -19,6 +19,7 @@ from common import load_config, write_result
 from services.actor.actor import Rollout
 from services.launcher.stack import ROOT
 from services.learner.trainer import Trainer
+from shared.bus import NATS_MAX_PAYLOAD
 from shared.config import RunConfig
 from shared.fragment import collate, decode_fragment
 from shared.models import load_numpy_state, state_to_numpy
@@ -45,9 +46,9 @@ def main() -> None:
         while sum(f.actions.shape[1] for f in frags) < cfg.batch_columns:
             load_numpy_state(actor.model, weights)
             actor.version = trainer.updates
-            data, n = actor()
+            payloads, n = actor(NATS_MAX_PAYLOAD)
             steps += n
-            frags.append(decode_fragment(data, "sync", actor.spec, cfg.unroll_length))
+            frags += [decode_fragment(data, "sync", actor.spec, cfg.unroll_length) for data in payloads]
             returns.extend(r for r, _ in actor.finished)
             actor.finished = []
         st = trainer.train_on({k: torch.from_numpy(v) for k, v in collate(frags).items()})

@@ -23,6 +23,7 @@ from common import load_config, write_result
 from procstat import CLK_TCK, cpu_seconds
 
 from services.launcher.stack import ROOT, Stack, env_threads
+from shared.bus import NATS_MAX_PAYLOAD
 from shared.client import GatewayClient
 
 
@@ -54,9 +55,9 @@ def rollout(cfg: dict, seconds: float, index: int, out) -> None:
     r = Rollout(RunConfig(**cfg), "bench", f"a{index}", seed=index, env_threads=ceiling_threads(cfg["num_actors"]))
     n, nbytes, t0 = 0, 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        payload, steps = r()
+        payloads, steps = r(NATS_MAX_PAYLOAD)
         n += steps
-        nbytes += len(payload)
+        nbytes += sum(map(len, payloads))
     out.put((n / (time.perf_counter() - t0), nbytes / n))
 
 

@@ -22,6 +22,9 @@ from shared import wiring
 log = logging.getLogger(__name__)
 
 NATS_URL_ENV = "RL_NATS_URL"
+# nats-server's default max_payload: the largest message a stock server takes. Actors
+# use the connected server's own figure; benchmarks without a server use this one.
+NATS_MAX_PAYLOAD = 1 << 20
 
 
 def nats_url(explicit: Optional[str] = None) -> str:

@@ -59,6 +59,29 @@ def encode_fragment(f: Fragment) -> bytes:
                         "seq": f.seq}, arrays)
 
 
+def encode_within(f: Fragment, max_bytes: int) -> list[bytes]:
+    """f as one message, or as several that each hold some of its env columns, so
+    that every message fits in max_bytes (the broker's max_payload). Part i
+    carries sequence number f.seq + i. Why: NATS refuses a message over its
+    max_payload, 1 MiB by default, and 64 Pong envs x 128 steps make about
+    1.2 MB; such a fragment would never reach the learner. A part is an
+    ordinary fragment of fewer envs, so the learner, the replay shards and
+    several learner ranks take it as they take any other. A single env column
+    that still does not fit is sent as it is (its publication fails, counted)."""
+    n = f.num_columns
+    whole = encode_fragment(f)
+    if len(whole) <= max_bytes or n == 1:
+        return [whole]
+    k = min(n, -(-len(whole) * 5 // (4 * max_bytes)))  # a quarter spare: frames compress unevenly
+    while True:
+        bounds = [n * i // k for i in range(k + 1)]
+        parts = [encode_fragment(dataclasses.replace(f.columns(a, b), seq=f.seq + i))
+                 for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+        if k == n or max(map(len, parts)) <= max_bytes:
+            return parts
+        k = min(n, 2 * k)
+
+
 def expected_shapes(spec: EnvSpec, T: int, N: int) -> dict[str, tuple[tuple[int, ...], str]]:
     """Name -> (shape, dtype) of every array of a valid fragment."""
     shapes = {

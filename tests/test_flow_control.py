@@ -62,3 +62,18 @@ async def test_waits_that_run_out_are_counted(one_actor_stack):
     final, _ = await run_to_end(one_actor_stack, batch_size=128, actor_wait=0.001, max_agent_steps=128 * 8)
     counters = final["counters"]
     assert counters["fresh_batches"] >= 1 and counters["actor_wait_timeouts"] >= 1, counters
+
+
+async def test_a_fragment_over_the_brokers_max_payload_arrives_in_parts(one_actor_stack):
+    # 128 CartPole envs x 512 steps encode to well over nats-server's 1 MiB
+    # max_payload, and the server refuses such a message: before, the actor's
+    # publication failed and the learner never got a batch (a Pong run of 64 envs
+    # sampled 200k steps and trained none). Now the actor sends each fragment as
+    # parts of fewer envs, which the learner assembles into its batch.
+    final, _ = await run_to_end(one_actor_stack, num_envs=128, unroll_length=512, batch_size=65536,
+                                actor_wait=30.0, max_agent_steps=65536 * 2)
+    counters = final["counters"]
+    assert counters.get("fresh_batches", 0) >= 2, counters
+    assert counters["fresh_fragments"] >= 2 * counters["fresh_batches"], counters  # parts, not whole fragments
+    assert counters.get("lost_in_transit", 0) == 0 and counters.get("rejected", 0) == 0, counters
+    assert counters["actor_publish_failed"] == 0, counters

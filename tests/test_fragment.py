@@ -5,7 +5,8 @@ import torch
 
 from shared import wire
 from shared.envs import EnvSpec, VectorEnv
-from shared.fragment import Fragment, check_header, collate, decode_fragment, encode_fragment, rebuild_stacks
+from shared.fragment import (Fragment, check_header, collate, decode_fragment, encode_fragment, encode_within,
+                             rebuild_stacks)
 
 SPEC = EnvSpec((4,), "float32", 2)
 
@@ -27,6 +28,25 @@ def test_fragment_round_trip_and_collate():
     batch = collate([g, g])
     assert batch["obs"].shape == (9, 6, 4) and batch["actions"].shape == (8, 6)
     assert list(batch["versions"]) == [5] * 6
+
+
+def test_a_fragment_over_the_message_limit_is_sent_as_parts_of_its_envs():
+    """Each part fits, carries the next sequence number (no false 'lost in transit'),
+    and the parts together are the fragment: the same columns in the same order."""
+    f = make_fragment(T=16, N=10)
+    f.seq = 7
+    whole = encode_fragment(f)
+    assert encode_within(f, len(whole)) == [whole]  # fits: one message, as before
+    limit = len(whole) // 3
+    parts = encode_within(f, limit)
+    assert len(parts) >= 3 and all(len(p) <= limit for p in parts)
+    got = [decode_fragment(p, "r1", SPEC, 16) for p in parts]
+    assert [g.seq for g in got] == list(range(7, 7 + len(parts)))
+    assert {g.version for g in got} == {5}
+    batch, want = collate(got), collate([f])
+    assert all(np.array_equal(batch[k], want[k]) for k in want)
+    one_column = len(encode_fragment(f.columns(0, 1)))
+    assert len(encode_within(f, one_column // 2)) == 10  # nothing smaller than one env to send
 
 
 @pytest.mark.parametrize("mutate", [

@@ -11,13 +11,13 @@ def stats(actor: str, steps: int, **extra) -> bytes:
     return json.dumps({"actor": actor, "steps": steps, "episodes": [], **extra}).encode()
 
 
-def test_wait_timeouts_are_cumulative_per_actor_and_summed():
+def test_wait_timeouts_and_failed_publications_are_cumulative_per_actor_and_summed():
     pr, counters = Progress(), Counters()
-    pr.on_stats(stats("a", 100, wait_timeouts=2), counters)
-    pr.on_stats(stats("a", 200, wait_timeouts=3), counters)  # cumulative: 3, not 5
+    pr.on_stats(stats("a", 100, wait_timeouts=2, publish_failed=1), counters)
+    pr.on_stats(stats("a", 200, wait_timeouts=3, publish_failed=4), counters)  # cumulative: 3, not 5
     pr.on_stats(stats("b", 50, wait_timeouts=1), counters)
-    pr.on_stats(stats("a", 250, wait_timeouts=1), counters)  # reordered message: never backwards
-    assert pr.wait_timeouts == 4 and pr.agent_steps == 300
+    pr.on_stats(stats("a", 250, wait_timeouts=1, publish_failed=2), counters)  # reordered: never backwards
+    assert pr.wait_timeouts == 4 and pr.publish_failed == 4 and pr.agent_steps == 300
 
 
 def test_bad_wait_timeouts_are_ignored_and_the_message_still_counts():

@@ -24,7 +24,7 @@ import torch
 from shared import bus, runs, weights, wiring
 from shared.config import RunConfig, RunRecord, RunState
 from shared.envs import VectorEnv
-from shared.fragment import Fragment, encode_fragment
+from shared.fragment import Fragment, encode_within
 from shared.models import ActorCritic, build_model, load_numpy_state
 from shared.service import Counters
 
@@ -58,7 +58,9 @@ class Rollout:
         self.seq = 0  # fragments made so far; the learner counts gaps as lost in transit
 
     @torch.inference_mode()
-    def __call__(self) -> tuple[bytes, int]:
+    def __call__(self, max_bytes: int) -> tuple[list[bytes], int]:
+        """One fragment of unroll_length steps of every env, as messages of at most
+        max_bytes each (see encode_within), and its agent steps."""
         T, N = self.cfg.unroll_length, self.cfg.num_envs
         stacked = self.spec.frame_stack > 0
         obs_rows = np.empty((T + 1, N) + (self.obs.shape[2:] if stacked else self.obs.shape[1:]), self.obs.dtype)
@@ -86,10 +88,11 @@ class Rollout:
                 self.finished.append((float(self.ep_return[i]), int(self.ep_length[i])))
                 self.ep_return[i], self.ep_length[i] = 0.0, 0
         obs_rows[T] = self.obs[:, -1] if stacked else self.obs
-        self.seq += 1
         frag = Fragment(self.run_id, self.actor_id, max(self.version, 0), obs_rows, actions, logits_buf,
-                        rewards, dones, context, seq=self.seq)
-        return encode_fragment(frag), T * N
+                        rewards, dones, context, seq=self.seq + 1)
+        payloads = encode_within(frag, max_bytes)
+        self.seq += len(payloads)
+        return payloads, T * N
 
     def close(self) -> None:
         self.env.close()
@@ -145,7 +148,8 @@ class Actor:
         active.set()
         watcher = asyncio.create_task(self._watch_state(run_id, rec.learner_id, active, stop, latest))
         log.info("actor %d joins run %s as %s", self.index, run_id, actor_id)
-        steps, last_stats, t_start, wait_timeouts = 0, 0.0, time.time(), 0
+        steps, last_stats, t_start = 0, 0.0, time.time()
+        counts = {"wait_timeouts": 0, "publish_failed": 0}  # this run's, in every stats message
         used: collections.deque[int] = collections.deque(maxlen=cfg.actor_lead)  # versions of recent fragments
         try:
             while active.is_set() and not stop.is_set() and not latest.abandoned:
@@ -161,26 +165,28 @@ class Actor:
                     if not active.is_set() or stop.is_set():
                         break
                     if not newer:
-                        wait_timeouts += 1  # this fragment is acted ahead: it will train at a policy lag
+                        counts["wait_timeouts"] += 1  # this fragment is acted ahead: it will train at a policy lag
                 if latest.ready is not None and latest.ready[0] > rollout.version:
                     version, arrays = latest.ready
                     load_numpy_state(rollout.model, arrays)  # between rollouts: the worker is idle
                     rollout.version = version
                 if rollout.version < 0:
                     continue
-                payload, n = await loop.run_in_executor(self.pool, rollout)
+                payloads, n = await loop.run_in_executor(self.pool, rollout, self.nc.max_payload)
                 used.append(rollout.version)
-                try:  # bounded: a stalled client must show up as a counted failure, not a silent hang
-                    await asyncio.wait_for(self.nc.publish(wiring.traj(run_id), payload), PUBLISH_TIMEOUT_S)
-                except Exception as e:
-                    self.counters.inc("publish_failed")
-                    log.debug("publish failed: %s", e)
+                for payload in payloads:
+                    try:  # bounded: a stalled client must show up as a counted failure, not a silent hang
+                        await asyncio.wait_for(self.nc.publish(wiring.traj(run_id), payload), PUBLISH_TIMEOUT_S)
+                    except Exception as e:
+                        self.counters.inc("publish_failed")
+                        counts["publish_failed"] += 1
+                        log.warning("publish failed (%d bytes): %s", len(payload), e)
                 steps += n
                 now = time.time()
                 if now - last_stats > 0.5:
-                    await self._publish_stats(run_id, actor_id, steps, rollout, now - t_start, wait_timeouts)
+                    await self._publish_stats(run_id, actor_id, steps, rollout, now - t_start, counts)
                     last_stats = now
-            await self._publish_stats(run_id, actor_id, steps, rollout, time.time() - t_start, wait_timeouts)
+            await self._publish_stats(run_id, actor_id, steps, rollout, time.time() - t_start, counts)
         finally:
             watcher.cancel()
             fetcher.cancel()
@@ -189,10 +195,10 @@ class Actor:
             log.info("actor %d leaves run %s after %d steps", self.index, run_id, steps)
 
     async def _publish_stats(self, run_id: str, actor_id: str, steps: int, rollout: Rollout, elapsed: float,
-                             wait_timeouts: int) -> None:
+                             counts: dict[str, int]) -> None:
         episodes, rollout.finished = rollout.finished, []
         msg = {"actor": actor_id, "steps": steps, "episodes": episodes, "version": rollout.version,
-               "sps": steps / max(elapsed, 1e-6), "wait_timeouts": wait_timeouts, "counters": dict(self.counters)}
+               "sps": steps / max(elapsed, 1e-6), **counts, "counters": dict(self.counters)}
         try:
             await asyncio.wait_for(self.nc.publish(wiring.actor_stats(run_id), json.dumps(msg).encode()),
                                    PUBLISH_TIMEOUT_S)

@@ -30,7 +30,7 @@ LEARNER_COUNTERS = {
     "updates": ("updates", "optimiser updates"),
     "episodes": ("episodes", "finished episodes"),
 }
-DROPPED_KEYS = ("dropped_fresh", "stale_dropped", "too_large", "slow_consumer")
+DROPPED_KEYS = ("dropped_fresh", "stale_dropped", "too_large", "slow_consumer", "actor_publish_failed")
 REJECTED_KEYS = ("rejected", "rejected_stats", "unknown_run", "bad_requests")
 
 

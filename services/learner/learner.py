@@ -341,7 +341,8 @@ class RunSession:
             "policy_lag": self.last_lag, "data_wait_frac": self.data_wait / busy if busy else None,
             "wire_bytes_per_step": self.counters.get("fresh_bytes", 0) / steps if steps else None,
             "losses": self.last_losses,
-            "counters": {**self.learner.counters, **self.counters, "actor_wait_timeouts": self.progress.wait_timeouts},
+            "counters": {**self.learner.counters, **self.counters, "actor_wait_timeouts": self.progress.wait_timeouts,
+                         "actor_publish_failed": self.progress.publish_failed},
             "actors": len(self.progress.actor_steps), "solved": self.progress.solved,
             "queues": ({"fresh": len(self.prefetch.fresh), "batches": self.prefetch.queue.qsize()}
                        if self.prefetch is not None else {}),

@@ -23,7 +23,9 @@ class Progress:
         self.returns: collections.deque[float] = collections.deque(maxlen=window)
         self.lengths: collections.deque[int] = collections.deque(maxlen=window)
         self.episodes = episodes_offset
-        self.actor_wait_timeouts: dict[str, int] = {}  # per actor: fragments acted after a flow-control wait ran out
+        # Per actor, cumulative: fragments acted after a flow-control wait ran out, and
+        # messages the broker refused (whatever the cause, they never reach the learner).
+        self.actor_counts: dict[str, dict[str, int]] = {"wait_timeouts": {}, "publish_failed": {}}
         self.solved: Optional[dict] = None
 
     @property
@@ -38,7 +40,14 @@ class Progress:
     def wait_timeouts(self) -> int:
         """Fragments any actor acted after its wait for newer weights ran out (actor_wait):
         each such fragment trains at a policy lag, so a lag-0 run should count none."""
-        return sum(self.actor_wait_timeouts.values())
+        return sum(self.actor_counts["wait_timeouts"].values())
+
+    @property
+    def publish_failed(self) -> int:
+        """Messages (fragments or their parts) the actors could not publish. The learner's
+        sequence gaps (lost_in_transit) see one only when a later message arrives; an
+        actor none of whose messages get through shows up here alone."""
+        return sum(self.actor_counts["publish_failed"].values())
 
     @property
     def window_full(self) -> bool:
@@ -59,9 +68,9 @@ class Progress:
             counters.inc("rejected_stats")
             return
         self.actor_steps[actor] = max(steps, self.actor_steps.get(actor, 0))
-        timeouts = msg.get("wait_timeouts")
-        if wire.is_count(timeouts):
-            self.actor_wait_timeouts[actor] = max(timeouts, self.actor_wait_timeouts.get(actor, 0))
+        for key, per_actor in self.actor_counts.items():
+            if wire.is_count(count := msg.get(key)):
+                per_actor[actor] = max(count, per_actor.get(actor, 0))
         for r, n in parsed:
             self.returns.append(r)
             self.lengths.append(n)
