@@ -15,11 +15,11 @@ SPEC = EnvSpec((4,), "float32", 2)
 T, N = 8, 4
 
 
-def fragment(i: int, version: int = 0, run: str = "r1", actor: str = "a", seq: int = 0) -> bytes:
+def fragment(i: int, version: int = 0, run: str = "r1") -> bytes:
     """Fragment number i carries i in every reward, so order can be checked after batching."""
-    return encode_fragment(Fragment(run, actor, version, np.zeros((T + 1, N, 4), np.float32),
+    return encode_fragment(Fragment(run, "a", version, np.zeros((T + 1, N, 4), np.float32),
                                     np.zeros((T, N), np.int32), np.zeros((T, N, 2), np.float32),
-                                    np.full((T, N), float(i), np.float32), np.zeros((T, N), np.uint8), seq=seq))
+                                    np.full((T, N), float(i), np.float32), np.zeros((T, N), np.uint8)))
 
 
 def make(counters, **kw) -> Prefetcher:
@@ -131,30 +131,3 @@ async def test_each_rank_takes_its_share_of_every_fragment():
     assert all(int(h["fresh_steps"]) == N * T for h in halves)
     ranks[0].consumed(N)
     assert ranks[0].backlog() == 0 and ranks[1].backlog() == 2
-
-
-async def test_actors_are_told_of_a_short_batch_only_once_the_whole_round_is_in():
-    """A batch of two fragments that two actors made one each: while the next batch holds
-    only the faster actor's, that actor must wait for the round (released, it would act
-    on the weights this batch is about to replace); one actor alone, making both
-    fragments of its batches, is released after its first."""
-    p = make(Counters(), fresh_capacity=100)
-    p.offer(fragment(0, actor="a", seq=1))
-    p.offer(fragment(1, actor="b", seq=1))
-    await asyncio.wait_for(p.next_batch(), 10)
-    p.offer(fragment(2, actor="a", seq=2))
-    waiting = asyncio.create_task(p.next_batch())
-    await asyncio.sleep(0.1)
-    assert [f.actor_id for f in p.waiting_with] == ["a"] and p.short_of() == {}
-    p.offer(fragment(3, actor="b", seq=2))
-    await asyncio.wait_for(waiting, 10)
-
-    alone = make(Counters(), fresh_capacity=100)
-    for seq in (1, 2, 3):
-        alone.offer(fragment(seq, seq=seq))
-    await asyncio.wait_for(alone.next_batch(), 10)
-    waiting = asyncio.create_task(alone.next_batch())
-    await asyncio.sleep(0.1)
-    assert alone.short_of() == {"a": 3}
-    alone.offer(fragment(4, seq=4))
-    await asyncio.wait_for(waiting, 10)

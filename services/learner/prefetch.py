@@ -51,7 +51,6 @@ class Prefetcher:
         self.arrived = asyncio.Event()
         self.leftover: Optional[Fragment] = None  # the unused columns of the last fresh fragment
         self.waiting_with: list[Fragment] = []  # a partial batch's fresh fragments, while it waits for more
-        self.round_actors = 0  # actors whose fresh fragments made the last batch (see short_of)
         self.gaps = gaps  # per-actor sequence numbers: messages lost in transit
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=cfg.prefetch_batches)
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -101,14 +100,11 @@ class Prefetcher:
     def short_of(self) -> dict[str, int]:
         """While a partial batch waits for more fresh fragments: each actor in it and
         the sequence number of its newest fragment there (empty otherwise). Actors
-        pacing themselves wait for weights that cannot come until more data does.
-        Empty too while fewer actors are in it than made the last batch: the rest of
-        the round is still coming, and an actor let go early would act its next
-        fragment on the weights this batch is about to replace (a lagged batch)."""
+        pacing themselves wait for weights that cannot come until more data does."""
         have: dict[str, int] = {}
         for f in self.waiting_with:
             have[f.actor_id] = max(f.seq, have.get(f.actor_id, 0))
-        return have if len(have) >= self.round_actors else {}
+        return have
 
     async def subscribe(self, nc) -> object:
         """Receive all of this run's fresh fragments (every rank: see `my_columns`)."""
@@ -161,7 +157,6 @@ class Prefetcher:
             parts.append(f)
             fresh_parts.append(f)
             fresh_cols += f.num_columns
-        self.round_actors = len({f.actor_id for f in fresh_parts})
         batch = await asyncio.get_running_loop().run_in_executor(self.pool, self._collate_to_device, parts)
         batch["fresh_steps"] = torch.tensor(fresh_cols * cfg.unroll_length)
         return batch
