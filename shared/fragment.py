@@ -9,6 +9,7 @@ episode starts exactly like the env does, for 4x fewer bytes on the wire.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -65,16 +66,20 @@ def encode_within(f: Fragment, max_bytes: int) -> list[bytes]:
     carries sequence number f.seq + i. Why: NATS refuses a message over its
     max_payload, 1 MiB by default, and 64 Pong envs x 128 steps make about
     1.2 MB; such a fragment would never reach the learner. A part is an
-    ordinary fragment of fewer envs, so the learner, the replay shards and
-    several learner ranks take it as they take any other. A single env column
-    that still does not fit is sent as it is (its publication fails, counted)."""
-    n = f.num_columns
+    ordinary fragment of fewer envs, so the learner and the replay shards take
+    it as they take any other. Each part holds a multiple of gcd(envs, 8) envs:
+    every learner rank takes an equal share of each message (prefetch.py,
+    `my_columns`), and a device count that divides the envs and 8 still divides
+    every part. A part of that many envs that still does not fit is sent as it
+    is (its publication fails, counted)."""
+    unit = math.gcd(f.num_columns, 8)
+    n = f.num_columns // unit  # parts are made of whole units of `unit` envs
     whole = encode_fragment(f)
     if len(whole) <= max_bytes or n == 1:
         return [whole]
     k = min(n, -(-len(whole) * 5 // (4 * max_bytes)))  # a quarter spare: frames compress unevenly
     while True:
-        bounds = [n * i // k for i in range(k + 1)]
+        bounds = [unit * (n * i // k) for i in range(k + 1)]
         parts = [encode_fragment(dataclasses.replace(f.columns(a, b), seq=f.seq + i))
                  for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
         if k == n or max(map(len, parts)) <= max_bytes:

@@ -45,8 +45,9 @@ def test_a_fragment_over_the_message_limit_is_sent_as_parts_of_its_envs():
     assert {g.version for g in got} == {5}
     batch, want = collate(got), collate([f])
     assert all(np.array_equal(batch[k], want[k]) for k in want)
-    one_column = len(encode_fragment(f.columns(0, 1)))
-    assert len(encode_within(f, one_column // 2)) == 10  # nothing smaller than one env to send
+    assert all(g.num_columns % 2 == 0 for g in got)  # 10 envs: parts of whole pairs, one per rank of 2
+    two_columns = len(encode_fragment(f.columns(0, 2)))
+    assert len(encode_within(f, two_columns // 2)) == 5  # nothing smaller than one pair to send
 
 
 @pytest.mark.parametrize("mutate", [
