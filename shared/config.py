@@ -73,7 +73,7 @@ class RunConfig(BaseModel):
     replay_capacity_mb: float = Field(512.0, gt=0.0, le=65_536.0, description="bytes (MiB) each replay shard keeps per run")
     max_policy_lag: int = Field(50, ge=0, le=1_000_000, description="fragments older than this many versions are dropped")
     actor_wait: float = Field(0.0, ge=0.0, le=60.0, description="flow control: seconds an actor waits for newer weights before a fragment (0: fully async)")
-    actor_lead: int = Field(1, ge=1, le=64, description="flow control: fragments an actor may act ahead of the newest weights and of the learner's backlog")
+    actor_lead: int = Field(1, ge=1, le=64, description="flow control: fragments an actor may act ahead of the newest weights and of what the learner has trained of its own")
     publish_interval: float = Field(0.2, ge=0.0, le=3600.0, description="min seconds between weight publications")
     prefetch: bool = Field(True, description="parallel data loading: assemble batches ahead of the optimiser")
     train_ahead: bool = Field(True, description="take each step's passes over older reused batches while the actors act, "
@@ -195,17 +195,52 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     return cfg
 
 
-def auto_size(cfg: dict, cpus: Optional[int] = None) -> dict:
+def auto_size(cfg: dict, cpus: Optional[int] = None, devices: Optional[int] = None) -> dict:
     """Fill in the sizes that depend on the machine, where the config leaves them out.
 
-    num_actors: one actor process per core but one (the learner's); each steps
-    all its envs on C++ threads. learner_threads: about half the cores; on the
-    2-core machine 2 threads train 10 % faster than 1 in the whole stack even
-    though they share a core with the actor (bench/results/throughput-t2.json)."""
+    num_actors and num_envs, when the config gives its batch (batch_size and
+    unroll_length) but neither of them: as many actors as there are cores but
+    the learner's, up to one per env column of the batch, each with an equal
+    share of those columns (a multiple of the learner's `devices`, which each
+    take an equal share of every fragment). One round of fragments, one from
+    each actor, is then exactly one batch: with actor_lead 1 the actors act
+    together on the newest weights and every batch trains at policy lag 0, as
+    on 2 cores, where this gives the Pong preset 1 actor x 8 envs. Why: on 16
+    cores the rule below gave that preset 15 actors of 8 envs against
+    batches of one fragment; they sampled twice what the learner trained,
+    half was dropped as stale and the rest trained up to 192 updates old
+    (docs/benchmarks.md, "On a lent GPU machine"); here it gives 8 x 1.
+    Otherwise num_actors is one actor process per core but one (the learner's).
+    learner_threads: about half the cores; on the 2-core machine 2 threads
+    train 10 % faster than 1 in the whole stack even though they share a core
+    with the actor (bench/results/throughput-t2.json)."""
     cpus = cpus or os.cpu_count() or 2
+    if devices is None:
+        devices = _learner_devices()
+    if "num_envs" not in cfg and {"batch_size", "unroll_length"} <= cfg.keys():
+        columns = max(1, cfg["batch_size"] // cfg["unroll_length"])
+        if "num_actors" not in cfg:
+            fits = [a for a in range(1, columns + 1) if columns % a == 0 and (columns // a) % devices == 0]
+            cfg["num_actors"] = max([a for a in fits if a <= max(1, cpus - 1)] or [1])
+        share = -(-columns // cfg["num_actors"])  # a round of fragments fills at least one batch
+        cfg["num_envs"] = -(-share // devices) * devices
     cfg.setdefault("num_actors", max(1, cpus - 1))
     cfg.setdefault("learner_threads", max(1, min(8, cpus // 2 + 1)))
     return cfg
+
+
+def _learner_devices() -> int:
+    """The devices a learner started here with --devices auto would train on: every
+    visible GPU, else 1. Counted without importing torch (the gateway sizes the
+    dashboard's presets and does not load it): CUDA_VISIBLE_DEVICES if set, else
+    the NVIDIA driver's list of GPUs."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return max(1, len([d for d in visible.split(",") if d.strip() and not d.strip().startswith("-")]))
+    try:
+        return max(1, len(os.listdir("/proc/driver/nvidia/gpus")))
+    except OSError:
+        return 1
 
 
 def _piecewise_linear(start: float, schedule: list[tuple[int, float]], steps: float) -> float:

@@ -23,32 +23,33 @@ MAX_WEIGHTS_BYTES = wire.MAX_RAW_BYTES
 
 
 async def publish(assets: Assets, nc, run_id: str, version: int, arrays: dict[str, np.ndarray],
-                  backlog: int = 0) -> int:
-    """Store a version and announce it with the learner's backlog (fresh fragments
-    received but not yet trained on), which actors use to pace themselves."""
+                  pending: Optional[dict[str, int]] = None) -> int:
+    """Store a version and announce it with what the learner holds untrained: per
+    actor, its fresh fragments received and not yet trained on. Each actor paces
+    itself by its own count (see services/actor/actor.py, WeightsFeed)."""
     data = wire.encode({"kind": "weights", "run": run_id, "version": version}, arrays)
     await assets.weights.put(run_id, data)
-    await nc.publish(wiring.weights(run_id), json.dumps({"version": version, "backlog": backlog}).encode())
+    await nc.publish(wiring.weights(run_id), json.dumps({"version": version, "pending": pending or {}}).encode())
     return len(data)
 
 
-async def announce_short(nc, run_id: str, version: int, backlog: int, have: dict[str, int]) -> None:
+async def announce_short(nc, run_id: str, version: int, pending: dict[str, int], have: dict[str, int]) -> None:
     """Tell actors the learner cannot train before more fragments come: `have` maps
     each actor in its partial batch to the sequence number of the newest fragment it
     holds from it. An actor whose own newest fragment is listed may act the next one
     on the weights it has, without waiting (still lag 0: no newer weights can come
     first); any other actor keeps waiting, so a repeated notice never lets one run ahead."""
-    msg = {"version": version, "backlog": backlog, "short": have}
+    msg = {"version": version, "pending": pending, "short": have}
     await nc.publish(wiring.weights(run_id), json.dumps(msg).encode())
 
 
 class Notice(NamedTuple):
     version: int
-    backlog: int
+    pending: dict[str, int]  # per actor: its fragments the learner holds untrained
     short: Optional[dict[str, int]]  # set when the learner is short of data (announce_short)
 
 
-MAX_SHORT_ACTORS = 4096
+MAX_NOTICE_ACTORS = 4096
 
 
 def parse_notice(data: bytes) -> Notice:
@@ -56,13 +57,16 @@ def parse_notice(data: bytes) -> Notice:
     msg = json.loads(data)
     if not isinstance(msg, dict):
         raise ValueError("bad weights notice")
-    version, backlog, short = msg.get("version"), msg.get("backlog", 0), msg.get("short")
-    if not (wire.is_count(version) and wire.is_count(backlog)):
+    version, pending, short = msg.get("version"), msg.get("pending", {}), msg.get("short")
+    if not (wire.is_count(version) and _actor_counts(pending) and (short is None or _actor_counts(short))):
         raise ValueError("bad weights notice")
-    if short is not None and not (isinstance(short, dict) and len(short) <= MAX_SHORT_ACTORS
-                                  and all(isinstance(k, str) and wire.is_count(v) for k, v in short.items())):
-        raise ValueError("bad weights notice")
-    return Notice(version, backlog, short)
+    return Notice(version, pending, short)
+
+
+def _actor_counts(d: object) -> bool:
+    """A map of actor id to count, of bounded size."""
+    return (isinstance(d, dict) and len(d) <= MAX_NOTICE_ACTORS
+            and all(isinstance(k, str) and wire.is_count(v) for k, v in d.items()))
 
 
 async def fetch(assets: Assets, run_id: str, timeout: float = 2.0) -> Optional[tuple[int, dict[str, np.ndarray]]]:

@@ -3,11 +3,15 @@ the weights trained on the one before (policy lag 0), because the learner
 publishes as soon as it has nothing fresh left to train on, whatever its
 publish_interval. Before, the interval held those weights back, the actor
 timed out (actor_wait) and acted on weights one batch old."""
+import asyncio
+import os
+import signal
+
 import pytest
 
 from shared.client import GatewayClient
 
-from helpers import started_stack
+from helpers import poll, started_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -77,3 +81,41 @@ async def test_a_fragment_over_the_brokers_max_payload_arrives_in_parts(one_acto
     assert counters["fresh_fragments"] >= 2 * counters["fresh_batches"], counters  # parts, not whole fragments
     assert counters.get("lost_in_transit", 0) == 0 and counters.get("rejected", 0) == 0, counters
     assert counters["actor_publish_failed"] == 0, counters
+
+
+@pytest.fixture(scope="module")
+def two_actor_stack(tmp_path_factory):
+    with started_stack(tmp_path_factory, "flow2", actors=2) as stack:
+        yield stack
+
+
+async def test_two_actors_sharing_each_batch_wait_for_each_other_at_policy_lag_0(two_actor_stack):
+    # Each of two actors makes half of every batch (4 + 4 env columns), and one of them
+    # stalls for a second now and then (a busy VM, a pause). Before, the learner told
+    # the other one that the batch was short as soon as its fragment was in; it filled
+    # the batch with its own next fragment, and the stalled one's trained a batch late
+    # (once per stall here; on Pong 22 of 87 batches in 3 minutes). Now the batch waits
+    # for every actor of the round, and each actor waits only for its own fragments.
+    config = {"env_id": "CartPole-v1", "num_envs": 4, "unroll_length": 16, "batch_size": 128, "reuse": 1,
+              "actor_lead": 1, "actor_wait": 30.0, "publish_interval": 60.0, "max_seconds": 15.0}
+    slow = two_actor_stack.procs["actor-1"].pid
+    async with GatewayClient(two_actor_stack.gateway_url, two_actor_stack.api_token) as gw:
+        await gw.wait_ready()
+        run = await gw.start_run(config)
+        await poll(lambda: gw.run(run["id"]), lambda r: r.get("counters", {}).get("fresh_batches", 0) >= 5,
+                   60, "first batches")
+        for _ in range(3):
+            os.kill(slow, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(1.0)
+            finally:
+                os.kill(slow, signal.SIGCONT)
+            await asyncio.sleep(1.0)
+        final = await gw.wait_final(run["id"], timeout=120)
+        points = await gw.metrics(run["id"])
+    counters = final["counters"]
+    assert final["state"] == "finished" and counters["fresh_batches"] >= 20, final
+    assert counters["actor_wait_timeouts"] == 0, counters
+    assert max(p.get("actors", 0) for p in points) == 2, points[-1]
+    # The start may lag a batch: one actor can join after the other has filled one alone.
+    assert counters.get("lagged_batches", 0) <= 2, counters

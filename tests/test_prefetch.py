@@ -1,5 +1,6 @@
 """The prefetch pipeline: in order, nothing lost under a slow consumer, bounded when overrun;
-its backlog counts every fresh column until it is trained or dropped."""
+it counts each actor's fresh columns until they are trained or dropped, and tells
+actors it is short of data only once every actor's fragment of the round is in."""
 import asyncio
 
 import numpy as np
@@ -15,11 +16,11 @@ SPEC = EnvSpec((4,), "float32", 2)
 T, N = 8, 4
 
 
-def fragment(i: int, version: int = 0, run: str = "r1") -> bytes:
+def fragment(i: int, version: int = 0, run: str = "r1", actor: str = "a", seq: int = 0) -> bytes:
     """Fragment number i carries i in every reward, so order can be checked after batching."""
-    return encode_fragment(Fragment(run, "a", version, np.zeros((T + 1, N, 4), np.float32),
+    return encode_fragment(Fragment(run, actor, version, np.zeros((T + 1, N, 4), np.float32),
                                     np.zeros((T, N), np.int32), np.zeros((T, N, 2), np.float32),
-                                    np.full((T, N), float(i), np.float32), np.zeros((T, N), np.uint8)))
+                                    np.full((T, N), float(i), np.float32), np.zeros((T, N), np.uint8), seq=seq))
 
 
 def make(counters, **kw) -> Prefetcher:
@@ -84,25 +85,25 @@ async def test_fragments_larger_than_a_batch_are_split_without_loss():
     assert cols == [0] * 4 + [1] * 4 + [2] * 4
 
 
-async def test_backlog_counts_columns_until_trained_or_dropped():
-    """Actors pace themselves by the backlog: a fragment counts from its arrival
-    until the optimiser has trained on it, also while it is being decoded or
+async def test_pending_counts_columns_until_trained_or_dropped():
+    """Actors pace themselves by their pending fragments: a fragment counts from its
+    arrival until the optimiser has trained on it, also while it is being decoded or
     waits in an assembled batch, and stops counting when it is dropped."""
     counters = Counters()
     p = make(counters, fresh_capacity=4)
     p.version = lambda: 100
     for i, version in enumerate((99, 99, 0, 99)):  # fragment 2 is stale: dropped when it is decoded
         p.offer(fragment(i, version=version))
-    assert p.backlog() == 4
+    assert p.pending_fragments() == {"a": 4}
     p.offer(fragment(4, version=99))  # full: the oldest (0) is dropped on arrival
-    assert counters["dropped_fresh"] == 1 and p.backlog() == 4
+    assert counters["dropped_fresh"] == 1 and p.pending_fragments() == {"a": 4}
     task = asyncio.create_task(p.run())
     batch = await asyncio.wait_for(p.queue.get(), 10)
     assert counters["stale_dropped"] == 1 and [int(batch["rewards"][0, k * N]) for k in range(2)] == [1, 3]
     # the batch taken off the queue is not trained yet, and fragment 4 is in the next one
-    assert p.backlog() == 3
-    p.consumed(int(batch["fresh_steps"]) // T)
-    assert p.backlog() == 1
+    assert p.pending_fragments() == {"a": 3}
+    p.consumed()
+    assert p.pending_fragments() == {"a": 1}
     task.cancel()
 
 
@@ -110,7 +111,7 @@ async def test_each_rank_takes_its_share_of_every_fragment():
     """Two ranks of a multi-device learner each take half of every fragment's env
     columns, so one round of fragments fills both ranks' batches at once (paced
     actors wait for the step that needs both); together they hold the columns one
-    rank alone would, each once, and each rank's backlog counts fragments."""
+    rank alone would, each once, and each rank's pending count is in fragments."""
     counters = Counters()
     cfg = RunConfig(num_envs=N, unroll_length=T, batch_size=2 * N * T, prefetch_batches=2)
     whole = Prefetcher(cfg, SPEC, "r1", torch.device("cpu"), lambda: 0, counters)
@@ -123,11 +124,78 @@ async def test_each_rank_takes_its_share_of_every_fragment():
                                         np.zeros((T, N), np.uint8)))
         for p in [whole, *ranks]:
             p.offer(data)
-    assert [p.backlog() for p in (whole, *ranks)] == [2, 2, 2]
+    assert [p.pending_fragments() for p in (whole, *ranks)] == [{"a": 2}] * 3
     one = [int(v) for v in (await asyncio.wait_for(whole.next_batch(), 10))["rewards"][0]]
     halves = [await asyncio.wait_for(p.next_batch(), 10) for p in ranks]
     assert [[int(v) for v in h["rewards"][0]] for h in halves] == [[0, 1, 10, 11], [2, 3, 12, 13]]
     assert sorted(v for h in halves for v in h["rewards"][0].tolist()) == sorted(one)
     assert all(int(h["fresh_steps"]) == N * T for h in halves)
-    ranks[0].consumed(N)
-    assert ranks[0].backlog() == 0 and ranks[1].backlog() == 2
+    ranks[0].consumed()
+    assert ranks[0].pending_fragments() == {} and ranks[1].pending_fragments() == {"a": 2}
+
+
+async def test_each_actor_is_pending_only_its_own_fragments_and_a_round_completes_before_short():
+    """Two actors each make one fragment of a two-fragment batch. The faster one's
+    fragment of the next round does not count against the other (it would wait for
+    it to be trained, i.e. for its own); while the next batch holds only the faster
+    actor's fragment, that actor is not told the batch is short (let go, it would
+    fill the batch itself and the other's fragment would train a batch late). One
+    actor alone, making both fragments of its batches, is told after its first."""
+    p = make(Counters(), fresh_capacity=100)
+    p.offer(fragment(0, actor="a", seq=1))
+    p.offer(fragment(1, actor="b", seq=1))
+    await asyncio.wait_for(p.next_batch(), 10)
+    p.consumed()
+    p.offer(fragment(2, actor="a", seq=2))
+    assert p.pending_fragments() == {"a": 1} and p.awaited()  # b waits for the next weights
+    waiting = asyncio.create_task(p.next_batch())
+    await asyncio.sleep(0.1)
+    assert [f.actor_id for f in p.waiting_with] == ["a"] and p.short_of() == {}
+    p.offer(fragment(3, actor="b", seq=2))
+    assert [int(v) for v in (await asyncio.wait_for(waiting, 10))["rewards"][0, ::N]] == [2, 3]
+    assert not p.awaited()  # both are in the batch about to be trained
+
+    alone = make(Counters(), fresh_capacity=100)
+    for seq in (1, 2, 3):
+        alone.offer(fragment(seq, seq=seq))
+    await asyncio.wait_for(alone.next_batch(), 10)
+    waiting = asyncio.create_task(alone.next_batch())
+    await asyncio.sleep(0.1)
+    assert alone.short_of() == {"a": 3}
+    alone.offer(fragment(4, seq=4))
+    await asyncio.wait_for(waiting, 10)
+
+
+async def test_an_actor_not_heard_from_for_twice_actor_wait_leaves_the_round():
+    """An actor that left (or stalled) must not hold every short batch forever."""
+    clock = [1000.0]
+    p = make(Counters(), fresh_capacity=100)
+    p.clock = lambda: clock[0]
+    p.offer(fragment(0, actor="gone", seq=1))
+    p.offer(fragment(1, actor="a", seq=1))
+    await asyncio.wait_for(p.next_batch(), 10)
+    p.consumed()
+    clock[0] += 0.5
+    p.offer(fragment(2, actor="a", seq=2))
+    waiting = asyncio.create_task(p.next_batch())
+    await asyncio.sleep(0.1)
+    assert p.short_of() == {}  # "gone" may still come
+    clock[0] += 2 * max(p.cfg.actor_wait, 1.0)
+    assert p.roster() == {"a"} and p.short_of() == {"a": 2}
+    waiting.cancel()
+
+
+def test_an_actor_that_says_it_has_left_leaves_the_round_at_once():
+    import json
+
+    from services.learner.progress import Progress
+
+    p = make(Counters(), fresh_capacity=100)
+    p.offer(fragment(0, actor="a", seq=1))
+    p.offer(fragment(1, actor="b", seq=1))
+    progress, counters = Progress(), Counters()
+    stats = {"actor": "b", "steps": 32, "episodes": []}
+    assert progress.on_stats(json.dumps(stats).encode(), counters) is None
+    assert progress.on_stats(json.dumps(stats | {"left": True}).encode(), counters) == "b"
+    p.forget("b")
+    assert p.roster() == {"a"} and progress.agent_steps == 32

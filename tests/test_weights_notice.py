@@ -1,6 +1,7 @@
 """The learner's weights notices as actors read them: a short-of-data notice lets
-exactly the actor whose newest fragment the learner holds act on, once; forged
-notices are rejected, never obeyed."""
+exactly the actor whose newest fragment the learner holds act on, once; each
+actor paces itself by its own untrained fragments only; forged notices are
+rejected, never obeyed."""
 import json
 import types
 
@@ -32,18 +33,23 @@ def feed_short_of_newer_weights() -> WeightsFeed:
     return feed
 
 
-def test_newer_weights_and_backlog_still_pace_as_before():
+def test_newer_weights_and_the_actors_own_untrained_fragments_pace_it():
     feed = feed_at(64)
     assert feed._may_act(32, 1, sent=("a", 3)) and not feed._may_act(64, 1, sent=("a", 3))
-    feed.backlog = 1
+    feed.pending = {"b": 1}  # another actor's fragment of the next round came first: no reason to wait
+    assert feed._may_act(32, 1, sent=("a", 3))
+    feed.pending = {"a": 1, "b": 1}  # ours is not trained yet: acting now would train a batch late
     assert not feed._may_act(32, 1, sent=("a", 3))
+    assert feed._may_act(32, 2, sent=("a", 3))  # actor_lead 2 allows one untrained
 
 
 def test_notices_parse_and_forged_ones_are_rejected():
-    n = weights.parse_notice(json.dumps({"version": 5, "backlog": 1, "short": {"a": 2}}).encode())
-    assert (n.version, n.backlog, n.short) == (5, 1, {"a": 2})
-    assert weights.parse_notice(b'{"version": 5}').short is None
+    n = weights.parse_notice(json.dumps({"version": 5, "pending": {"b": 1}, "short": {"a": 2}}).encode())
+    assert (n.version, n.pending, n.short) == (5, {"b": 1}, {"a": 2})
+    assert weights.parse_notice(b'{"version": 5}') == (5, {}, None)
+    too_many = {str(i): 1 for i in range(weights.MAX_NOTICE_ACTORS + 1)}
     for bad in ({"version": 5, "short": []}, {"version": 5, "short": {"a": -1}}, {"version": 5, "short": {"a": True}},
-                {"version": 5, "short": {str(i): 1 for i in range(weights.MAX_SHORT_ACTORS + 1)}}, {"version": -1}):
+                {"version": 5, "short": too_many}, {"version": 5, "pending": too_many},
+                {"version": 5, "pending": {"a": "1"}}, {"version": 5, "pending": 3}, {"version": -1}):
         with pytest.raises(ValueError):
             weights.parse_notice(json.dumps(bad).encode())

@@ -157,10 +157,10 @@ class Actor:
                     await latest.wait_newer(-1, 1.0)
                 elif cfg.actor_wait > 0 and len(used) == cfg.actor_lead:
                     # Flow control: act at most actor_lead fragments ahead of the newest weights and of
-                    # what the learner has consumed, or at once when the learner holds our newest
+                    # what the learner has trained of ours, or at once when the learner holds our newest
                     # fragment and still cannot train (its batch needs more than one round of actors
                     # gives); never wait forever: actor_wait only keeps a lost learner from stalling us.
-                    newer = await latest.wait_newer(used[0], cfg.actor_wait, max_backlog=cfg.actor_lead,
+                    newer = await latest.wait_newer(used[0], cfg.actor_wait, max_pending=cfg.actor_lead,
                                                     sent=(actor_id, rollout.seq))
                     if not active.is_set() or stop.is_set():
                         break
@@ -186,7 +186,7 @@ class Actor:
                 if now - last_stats > 0.5:
                     await self._publish_stats(run_id, actor_id, steps, rollout, now - t_start, counts)
                     last_stats = now
-            await self._publish_stats(run_id, actor_id, steps, rollout, time.time() - t_start, counts)
+            await self._publish_stats(run_id, actor_id, steps, rollout, time.time() - t_start, counts, left=True)
         finally:
             watcher.cancel()
             fetcher.cancel()
@@ -195,10 +195,11 @@ class Actor:
             log.info("actor %d leaves run %s after %d steps", self.index, run_id, steps)
 
     async def _publish_stats(self, run_id: str, actor_id: str, steps: int, rollout: Rollout, elapsed: float,
-                             counts: dict[str, int]) -> None:
+                             counts: dict[str, int], left: bool = False) -> None:
+        """`left`: the last message of this actor in the run, so the learner's rounds stop waiting for it."""
         episodes, rollout.finished = rollout.finished, []
         msg = {"actor": actor_id, "steps": steps, "episodes": episodes, "version": rollout.version,
-               "sps": steps / max(elapsed, 1e-6), **counts, "counters": dict(self.counters)}
+               "sps": steps / max(elapsed, 1e-6), **counts, "counters": dict(self.counters), "left": left}
         try:
             await asyncio.wait_for(self.nc.publish(wiring.actor_stats(run_id), json.dumps(msg).encode()),
                                    PUBLISH_TIMEOUT_S)
@@ -230,7 +231,7 @@ class WeightsFeed:
     def __init__(self, actor: "Actor", run_id: str):
         self.actor, self.run_id = actor, run_id
         self.ready: Optional[tuple[int, dict]] = None
-        self.backlog = 0  # the learner's unconsumed fresh fragments, from its last notice
+        self.pending: dict[str, int] = {}  # per actor, its fragments the learner holds untrained (last notice)
         self.short: Optional[tuple[int, dict[str, int]]] = None  # (version, have) while the learner is short of data
         self.notice = asyncio.Event()
         self.fetched = asyncio.Event()
@@ -247,7 +248,7 @@ class WeightsFeed:
         except (ValueError, RecursionError):  # deeply nested JSON recurses
             self.actor.counters.inc("rejected_notices")
             return
-        self.backlog = notice.backlog
+        self.pending = notice.pending
         self.short = (notice.version, notice.short) if notice.short is not None else None
         if notice.short is None or self.ready is None or notice.version > self.ready[0]:
             self.notice.set()  # weights to fetch
@@ -265,32 +266,35 @@ class WeightsFeed:
                 got = None
             if got is not None and (self.ready is None or got[0] > self.ready[0]):
                 self.ready = got
-            self.fetched.set()  # wakes waiters: new weights, or a new backlog figure
+            self.fetched.set()  # wakes waiters: new weights, or new pending figures
             # Nothing published yet (or a failed fetch): poll as well as wait for a notice.
             await _wait_event(self.notice, 0.5 if got is None else 3600.0)
 
-    async def wait_newer(self, version: int, timeout: float, max_backlog: Optional[int] = None,
+    async def wait_newer(self, version: int, timeout: float, max_pending: Optional[int] = None,
                          sent: Optional[tuple[str, int]] = None) -> bool:
-        """Until weights newer than `version` are here and (if given) the learner's
-        backlog is under max_backlog, or the learner says it holds `sent` (this
-        actor's id and newest fragment) and is short of data (True); or until the
-        timeout passes or the actor leaves the run (False)."""
+        """Until weights newer than `version` are here and (if given) the learner holds
+        fewer than max_pending untrained fragments of this actor, or the learner says
+        it holds `sent` (this actor's id and newest fragment) and is short of data
+        (True); or until the timeout passes or the actor leaves the run (False). Only
+        the actor's own fragments count: other actors' fragments of the next round
+        may already be in, and waiting for them to be trained would wait for ours."""
         deadline = time.time() + timeout
-        while not self._may_act(version, max_backlog, sent):
+        while not self._may_act(version, max_pending, sent):
             if self.abandoned or time.time() >= deadline:
                 return False
             self.fetched.clear()
             await _wait_event(self.fetched, deadline - time.time())
         return True
 
-    def _may_act(self, version: int, max_backlog: Optional[int], sent: Optional[tuple[str, int]]) -> bool:
+    def _may_act(self, version: int, max_pending: Optional[int], sent: Optional[tuple[str, int]]) -> bool:
         if self.ready is None:
             return False
         if sent is not None and self.short is not None:
             short_version, have = self.short
             if self.ready[0] >= short_version and have.get(sent[0]) == sent[1]:
                 return True
-        return self.ready[0] > version and (max_backlog is None or self.backlog < max_backlog)
+        mine = self.pending.get(sent[0], 0) if sent is not None else 0
+        return self.ready[0] > version and (max_pending is None or mine < max_pending)
 
 
 async def _wait_event(ev: asyncio.Event, timeout: float) -> None:

@@ -58,7 +58,7 @@ async def follow(args, stop: asyncio.Event) -> None:
             except asyncio.TimeoutError:
                 continue
             await loop.run_in_executor(pool, trainer.step, batch)
-            prefetch.consumed(int(batch["fresh_steps"]) // cfg.unroll_length)
+            prefetch.consumed()
             if cfg.train_ahead:  # as the leader does after every step: the all-reduces pair up
                 ahead = loop.run_in_executor(pool, trainer.train_ahead)
     finally:

@@ -151,7 +151,8 @@ class RunSession:
             columns=cfg.batch_columns // len(devices), gaps=SequenceGaps(), share=(0, len(devices)))
 
         async def on_stats(msg) -> None:
-            self.progress.on_stats(msg.data, self.counters)
+            if (left := self.progress.on_stats(msg.data, self.counters)) is not None:
+                prefetch.forget(left)  # no round waits for it any more
 
         subs = [await prefetch.subscribe(self.nc), await self.nc.subscribe(wiring.actor_stats(self.run_id), cb=on_stats)]
         side = [asyncio.create_task(self._heartbeat(stop)), asyncio.create_task(self._metrics_loop()),
@@ -173,7 +174,7 @@ class RunSession:
                 ready = time.perf_counter()  # the wait counts from when the passes trained ahead ended
                 self.data_wait += max(0.0, ready - max(t, min(self.ahead_until, ready)))
                 stats = await loop.run_in_executor(self.train_pool, self._step, batch)
-                prefetch.consumed(int(batch["fresh_steps"]) // cfg.unroll_length)
+                prefetch.consumed()
                 self._account(stats)
                 if self._publish_due():
                     self.publish_wanted.set()
@@ -234,15 +235,15 @@ class RunSession:
         self.acting = (self.trainer.acted_version, state_to_numpy(self.trainer.model))
 
     def _publish_due(self) -> bool:
-        """After a step: publish every publish_interval, and at once whenever no fresh
-        data is waiting while actors pace themselves (actor_wait > 0). Why the
-        second: those actors are then waiting for exactly these weights; holding
-        them back for the interval makes each actor time out and act on older
-        weights, and the run drops from policy lag 0 into a lag of one batch
-        (on Pong: -9.6 at 640k agent steps, against 14 at lag 0; docs/benchmarks.md)."""
+        """After a step: publish every publish_interval, and at once whenever an actor
+        pacing itself (actor_wait > 0) has no fresh fragment here. Why the second:
+        that actor is then waiting for exactly these weights; holding them back for
+        the interval makes it time out and act on older weights, and the run drops
+        from policy lag 0 into a lag of one batch (on Pong: -9.6 at 640k agent steps,
+        against 14 at lag 0; docs/benchmarks.md)."""
         if time.time() - self.last_publish >= self.cfg.publish_interval:
             return True
-        return self.cfg.actor_wait > 0 and self.backlog() == 0
+        return self.cfg.actor_wait > 0 and self.prefetch is not None and self.prefetch.awaited()
 
     async def _publisher(self) -> None:
         """Publishes the newest weights whenever asked; asks made while a publish is
@@ -265,14 +266,14 @@ class RunSession:
             return
         self.last_short = (have, time.time())
         try:
-            await weights.announce_short(self.nc, self.run_id, self.version, self.backlog(), have)
+            await weights.announce_short(self.nc, self.run_id, self.version, self._pending(), have)
         except Exception as e:
             self.counters.inc("weights_publish_failed")
             log.debug("short-of-data notice failed: %s", e)
 
-    def backlog(self) -> int:
-        """Fresh fragments received and not yet trained on (actors pace themselves by it)."""
-        return 0 if self.prefetch is None else self.prefetch.backlog()
+    def _pending(self) -> dict[str, int]:
+        """Per actor, its fresh fragments received and not yet trained on (it paces itself by them)."""
+        return {} if self.prefetch is None else self.prefetch.pending_fragments()
 
     def _join_group(self, port: int, world: int) -> None:
         """Rank 0 of the data-parallel group; everyone starts from this trainer's state."""
@@ -359,7 +360,7 @@ class RunSession:
     async def _publish_weights(self) -> None:
         version, arrays = self.acting  # read together in the training thread (see _snapshot)
         try:
-            await weights.publish(self.assets, self.nc, self.run_id, version, arrays, backlog=self.backlog())
+            await weights.publish(self.assets, self.nc, self.run_id, version, arrays, pending=self._pending())
         except Exception as e:
             self.counters.inc("weights_publish_failed")
             log.warning("weights publish failed: %s", e)

@@ -16,6 +16,7 @@ import concurrent.futures
 import json
 import logging
 import math
+import time
 from typing import Awaitable, Callable, Optional
 
 import torch
@@ -43,10 +44,13 @@ class Prefetcher:
         self.pool = pool or concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="decode")
         self.columns = columns or cfg.batch_columns  # this rank's share of the batch
         per_batch = math.ceil(self.columns / cfg.num_envs)
-        self.fresh: collections.deque[tuple[bytes, int]] = collections.deque()  # (message, env columns)
-        # Fresh env columns received and neither trained (see `consumed`) nor dropped: wherever
+        self.fresh: collections.deque[tuple[bytes, int, str]] = collections.deque()  # (message, env columns, actor)
+        # Fresh env columns per actor received and neither trained (see `consumed`) nor dropped: wherever
         # they are in the pipeline (queued, decoding, a split fragment's rest, assembled batches).
-        self.pending_columns = 0
+        self.pending: collections.Counter[str] = collections.Counter()
+        self.assembled: collections.deque[collections.Counter[str]] = collections.deque()  # per batch made, not yet trained
+        self.heard: dict[str, float] = {}  # actor -> when its newest fragment arrived (see `roster`)
+        self.clock: Callable[[], float] = time.monotonic
         self.fresh_capacity = fresh_capacity or max(8, 4 * per_batch)
         self.arrived = asyncio.Event()
         self.leftover: Optional[Fragment] = None  # the unused columns of the last fresh fragment
@@ -68,14 +72,16 @@ class Prefetcher:
             self.counters.inc("lost_in_transit", lost)
         self.counters.inc("fresh_fragments")
         self.counters.inc("fresh_bytes", len(data))
+        self.heard[meta["actor"]] = self.clock()
         lo, hi = self.my_columns(meta["columns"])
         if hi == lo:  # a fragment of fewer envs than ranks: none of it is this rank's
             return
         if len(self.fresh) >= self.fresh_capacity:
-            self.pending_columns -= self.fresh.popleft()[1]
+            _, columns, actor = self.fresh.popleft()
+            self._settle(actor, columns)
             self.counters.inc("dropped_fresh")
-        self.fresh.append((data, hi - lo))
-        self.pending_columns += hi - lo
+        self.fresh.append((data, hi - lo, meta["actor"]))
+        self.pending[meta["actor"]] += hi - lo
         self.arrived.set()
 
     def my_columns(self, columns: int) -> tuple[int, int]:
@@ -86,25 +92,66 @@ class Prefetcher:
         wait for the weights that need its step."""
         return self.rank * columns // self.world, (self.rank + 1) * columns // self.world
 
-    def consumed(self, columns: int) -> None:
-        """The optimiser has trained on `columns` fresh env columns."""
-        self.pending_columns -= columns
+    def consumed(self) -> None:
+        """The optimiser has trained on the oldest batch made and not yet trained
+        (batches are trained in the order they are made)."""
+        for actor, columns in self.assembled.popleft().items():
+            self._settle(actor, columns)
 
-    def backlog(self) -> int:
-        """Fresh fragments' worth of this rank's columns received and not yet trained on. Actors
-        pace themselves by it, so it must count columns wherever they are: one that
-        is being decoded or assembled, left out of the count, would let an actor act
-        ahead on old weights (a policy lag of one batch) while the learner is still busy."""
-        return -(-self.pending_columns // max(1, self.cfg.num_envs // self.world))
+    def _settle(self, actor: str, columns: int) -> None:
+        """`columns` of an actor's fresh columns are trained or dropped: no longer pending."""
+        self.pending[actor] -= columns
+        if self.pending[actor] <= 0:
+            del self.pending[actor]
+
+    @property
+    def pending_columns(self) -> int:
+        return sum(self.pending.values())
+
+    def _fragments(self, columns: int) -> int:
+        """Fresh fragments' worth of `columns` of this rank's share."""
+        return -(-columns // max(1, self.cfg.num_envs // self.world))
+
+    def pending_fragments(self) -> dict[str, int]:
+        """Per actor: its fragments received and not yet trained on. Each actor paces itself
+        by its own count (actor_lead), so it must count columns wherever they are: one
+        that is being decoded or assembled, left out, would let its actor act ahead on
+        old weights (a policy lag of one batch) while the learner is still busy. Why per
+        actor rather than one backlog: with one, a fragment of the next round that came
+        early held every other actor back until actor_wait ran out (docs/benchmarks.md)."""
+        return {actor: self._fragments(columns) for actor, columns in self.pending.items()}
+
+    def roster(self) -> set[str]:
+        """The actors taking part: each heard from within twice actor_wait (an actor
+        acting at lag 0 sends a fragment every round, and waits at most actor_wait
+        between rounds; one that sends nothing for that long has left or stalled)."""
+        horizon = self.clock() - 2 * max(self.cfg.actor_wait, 1.0)
+        for actor in [a for a, t in self.heard.items() if t < horizon]:
+            del self.heard[actor]
+        return set(self.heard)
+
+    def forget(self, actor: str) -> None:
+        """The actor has left the run (its last stats message says so)."""
+        self.heard.pop(actor, None)
+
+    def awaited(self) -> bool:
+        """Some actor has no fragment here: it is waiting for the next weights (or none
+        has been heard from), so they should go out at once."""
+        roster = self.roster()
+        return not roster or any(actor not in self.pending for actor in roster)
 
     def short_of(self) -> dict[str, int]:
-        """While a partial batch waits for more fresh fragments: each actor in it and
-        the sequence number of its newest fragment there (empty otherwise). Actors
-        pacing themselves wait for weights that cannot come until more data does."""
+        """While a partial batch waits for more fresh fragments and every actor taking
+        part (`roster`) has one in it: each of them and the sequence number of its newest
+        fragment there (empty otherwise). Actors pacing themselves wait for weights that
+        cannot come until more data does, so they may act again on the weights they have.
+        Empty while the round is still coming in: an actor let go early would fill the
+        batch with its own next fragment, and the late actor's fragment would then train
+        with the next batch, a version late."""
         have: dict[str, int] = {}
         for f in self.waiting_with:
             have[f.actor_id] = max(f.seq, have.get(f.actor_id, 0))
-        return have
+        return have if self.roster() <= have.keys() else {}
 
     async def subscribe(self, nc) -> object:
         """Receive all of this run's fresh fragments (every rank: see `my_columns`)."""
@@ -142,10 +189,10 @@ class Prefetcher:
                     finally:
                         self.waiting_with = []
                     continue
-                data, columns = self.fresh.popleft()
+                data, columns, actor = self.fresh.popleft()
                 self.leftover = (await self._decode_all([data], fresh=True) or [None])[0]
                 if self.leftover is None:  # rejected or stale: counted, and no longer pending
-                    self.pending_columns -= columns
+                    self._settle(actor, columns)
                     continue
                 if self.world > 1:
                     self.leftover = self.leftover.columns(*self.my_columns(self.leftover.num_columns))
@@ -159,6 +206,10 @@ class Prefetcher:
             fresh_cols += f.num_columns
         batch = await asyncio.get_running_loop().run_in_executor(self.pool, self._collate_to_device, parts)
         batch["fresh_steps"] = torch.tensor(fresh_cols * cfg.unroll_length)
+        by_actor: collections.Counter[str] = collections.Counter()
+        for f in fresh_parts:
+            by_actor[f.actor_id] += f.num_columns
+        self.assembled.append(by_actor)
         return batch
 
     async def _decode_all(self, blobs: list[bytes], fresh: bool) -> list[Fragment]:

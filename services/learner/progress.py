@@ -53,8 +53,9 @@ class Progress:
     def window_full(self) -> bool:
         return len(self.returns) == self.returns.maxlen
 
-    def on_stats(self, data: bytes, counters: Counters) -> None:
-        """Apply one actor stats message; malformed ones are counted and ignored."""
+    def on_stats(self, data: bytes, counters: Counters) -> Optional[str]:
+        """Apply one actor stats message; malformed ones are counted and ignored.
+        Returns the actor's id if the message says it has left the run."""
         try:
             msg = json.loads(data)
             actor, steps, episodes = msg["actor"], msg["steps"], msg["episodes"]
@@ -66,7 +67,7 @@ class Progress:
                 raise ValueError("non-finite return")
         except (ValueError, KeyError, TypeError, RecursionError):  # deeply nested JSON recurses
             counters.inc("rejected_stats")
-            return
+            return None
         self.actor_steps[actor] = max(steps, self.actor_steps.get(actor, 0))
         for key, per_actor in self.actor_counts.items():
             if wire.is_count(count := msg.get(key)):
@@ -75,6 +76,7 @@ class Progress:
             self.returns.append(r)
             self.lengths.append(n)
             self.episodes += 1
+        return actor if msg.get("left") is True else None
 
     def check_solved(self, target: Optional[float], elapsed: float) -> bool:
         if target is None or not self.window_full or self.mean_return < target:
