@@ -104,10 +104,6 @@ class Prefetcher:
         if self.pending[actor] <= 0:
             del self.pending[actor]
 
-    @property
-    def pending_columns(self) -> int:
-        return sum(self.pending.values())
-
     def _fragments(self, columns: int) -> int:
         """Fresh fragments' worth of `columns` of this rank's share."""
         return -(-columns // max(1, self.cfg.num_envs // self.world))
