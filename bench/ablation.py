@@ -2,7 +2,7 @@
 
 Variants (each on the whole stack, same seed and budget), cumulative:
   impala        V-trace PG, Nature CNN, no replay, batches assembled in line (no prefetch)
-  +appo         IMPACT loss with target network and the preset's K-fold batch reuse
+  +appo         IMPACT loss with target network and the preset's passes per batch (epochs, reuse)
   +latent_ae    latent auto-encoder encoder instead of the Nature CNN
   +prefetch     parallel data loading: batches assembled ahead on a side task, and
                 the reused passes trained while the actors act (train_ahead);
@@ -35,12 +35,13 @@ import statistics
 from common import curve, first_reach, load_config, machine, run_on_stack, write_result
 
 from services.launcher.stack import ROOT
+from shared.config import RunConfig
 
-BASE = {"algorithm": "impala", "reuse": 1, "replay_proportion": 0.0, "latent_ae": False, "prefetch": False,
-        "train_ahead": False}
+BASE = {"algorithm": "impala", "reuse": 1, "epochs": 1, "replay_proportion": 0.0, "latent_ae": False,
+        "prefetch": False, "train_ahead": False}
 STEPS = [
     ("impala", {}),
-    ("+appo", {"algorithm": "appo", "reuse": None}),  # None: the preset's reuse
+    ("+appo", {"algorithm": "appo", "reuse": None, "epochs": None}),  # None: the preset's passes
     ("+latent_ae", {"latent_ae": True}),
     ("+prefetch", {"prefetch": True, "train_ahead": True}),
     ("+replay", {"replay_proportion": 0.5}),
@@ -51,7 +52,8 @@ def variants(preset: dict) -> list[tuple[str, dict]]:
     """Cumulative: each variant adds one switch to the one before."""
     out, cur = [], dict(BASE)
     for name, change in STEPS:
-        cur = cur | {k: preset.get(k, 2) if v is None else v for k, v in change.items()}
+        cur = cur | {k: preset.get(k, RunConfig.model_fields[k].default) if v is None else v
+                     for k, v in change.items()}
         out.append((name, dict(cur)))
     return out
 

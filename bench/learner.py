@@ -1,7 +1,7 @@
 """The learner's own ceiling: trained samples/s of the optimiser alone (no
 transport, no actors) on batches shaped like the preset's, and where a pass's
 time goes. Read it beside bench/throughput.py: the whole stack's trained
-samples/s cannot beat this, and at K-fold reuse it samples at most 1/K of it.
+samples/s cannot beat this, and at K passes a batch (epochs + reuse - 1) it samples at most 1/K of it.
 
     python bench/learner.py [--config configs/pong.json] [--threads 1 2] [--device cuda] [--profile] [--set key=value ...]
 
@@ -90,7 +90,7 @@ def measure(cfg: RunConfig, threads: int, repeats: int, device: torch.device, pr
     torch.manual_seed(cfg.seed)
     trainer = Trainer(cfg, spec, device)
     samples = cfg.unroll_length * cfg.batch_columns
-    # Steady state of the reuse buffer: each new batch costs `reuse` passes. Every timed
+    # Steady state of the reuse buffer: each new batch costs `passes_per_batch` passes. Every timed
     # call gets a batch never seen before, so its input conversion is counted (and, a few
     # ms, making the random batch and, on a GPU, copying it there: the ceiling errs low).
     fresh = ({k: v.to(device) for k, v in synthetic_batch(cfg, spec.num_actions, i).items()} for i in range(10**9))
@@ -117,11 +117,11 @@ def measure(cfg: RunConfig, threads: int, repeats: int, device: torch.device, pr
             "precision_probe_ms": {k: v * 1e3 for k, v in trainer.precision_probe.items()},
             "samples_per_batch": samples, "compile": cfg.compile, "warmup_seconds": warmup,
             "seconds_per_new_batch": per_batch,
-            "trained_samples_per_s": samples * cfg.reuse / per_batch,
+            "trained_samples_per_s": samples * cfg.passes_per_batch / per_batch,
             "fresh_agent_steps_per_s_ceiling": samples / per_batch,
             "prepare_ms_per_batch": prepare * 1e3, "forward_ms_per_batch": forward * 1e3,
-            "optimiser_steps_per_new_batch": cfg.reuse * cfg.minibatches,
-            "ms_per_optimiser_step": per_batch * 1e3 / (cfg.reuse * cfg.minibatches),
+            "optimiser_steps_per_new_batch": cfg.passes_per_batch * cfg.minibatches,
+            "ms_per_optimiser_step": per_batch * 1e3 / (cfg.passes_per_batch * cfg.minibatches),
             "profile_of_one_new_batch": profiled}
 
 
@@ -139,7 +139,7 @@ def main() -> None:
     rows = [measure(cfg, t, a.repeats, torch.device(a.device), a.profile) for t in a.threads]
     for r in rows:
         print(f"{r['device']}, threads {r['threads']}: {r['trained_samples_per_s']:.0f} trained samples/s, "
-              f"ceiling {r['fresh_agent_steps_per_s_ceiling']:.0f} fresh agent steps/s at reuse {cfg.reuse}")
+              f"ceiling {r['fresh_agent_steps_per_s_ceiling']:.0f} fresh agent steps/s at {cfg.passes_per_batch} passes a batch")
     write_result(a.name, {"config": cfg.model_dump(), "results": rows})
 
 

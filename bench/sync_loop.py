@@ -2,8 +2,9 @@
 fastest way to judge a hyperparameter change on one core, since nothing waits
 on transport and every batch is on-policy. One Rollout (the real actor code)
 fills a batch, the real Trainer takes its update(s), repeat. Prints a line
-every 50k agent steps (mean return of the last 100 episodes, entropy, critic
+every 25k agent steps (mean return of the last 100 episodes, entropy, critic
 explained variance, ...) and writes the curve to bench/results/<name>.json.
+Stops at `--steps`, `--minutes` or, at a printed line, the config's target_return.
 
     python bench/sync_loop.py --name sync-pong --steps 500000 --set normalize_advantages=true
 """
@@ -51,7 +52,9 @@ def main() -> None:
             frags += [decode_fragment(data, "sync", actor.spec, cfg.unroll_length) for data in payloads]
             returns.extend(r for r, _ in actor.finished)
             actor.finished = []
-        st = trainer.train_on({k: torch.from_numpy(v) for k, v in collate(frags).items()})
+        batch = {k: torch.from_numpy(v) for k, v in collate(frags).items()}
+        batch["fresh_steps"] = torch.tensor(batch["actions"].numel())
+        st = trainer.step(batch)  # as the learner: the lr and entropy schedules run on fresh steps
         if steps >= next_print:
             mean = sum(returns) / len(returns) if returns else None
             row = {"agent_steps": steps, "seconds": round(time.time() - t0, 1), "mean_return": mean,
@@ -61,6 +64,8 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
             next_print += 25_000
+            if cfg.target_return is not None and mean is not None and mean >= cfg.target_return:
+                break  # as the stack does: the run ends at the config's target return
     write_result(a.name, {"config": cfg.model_dump(), "agent_steps": steps, "seconds": round(time.time() - t0, 1),
                           "curve": rows})
 

@@ -68,6 +68,7 @@ class RunConfig(BaseModel):
     target_update_interval: int = Field(4, ge=1, le=100_000, description="APPO: learner steps between target-network copies")
     minibatches: int = Field(1, ge=1, le=1024, description="optimiser steps per pass over a batch, each on a random 1/n of every trajectory's steps (PPO's minibatches)")
     reuse: int = Field(2, ge=1, le=64, description="times each batch is trained on (IMPACT circular buffer of this many batches)")
+    epochs: int = Field(1, ge=1, le=64, description="passes over each new batch as it arrives, before the actors act on the result (PPO's epochs); reuse > 1 adds passes in later steps")
     replay_proportion: float = Field(0.0, ge=0.0, lt=1.0, description="share of each batch drawn from replay shards")
     replay_capacity: int = Field(2_000, ge=1, le=10_000_000, description="fragments each replay shard keeps per run")
     replay_capacity_mb: float = Field(512.0, gt=0.0, le=65_536.0, description="bytes (MiB) each replay shard keeps per run")
@@ -154,6 +155,11 @@ class RunConfig(BaseModel):
     def batch_columns(self) -> int:
         """Env columns (B) per batch: batch_size / unroll_length, rounded up."""
         return -(-self.batch_size // self.unroll_length)
+
+    @property
+    def passes_per_batch(self) -> int:
+        """Passes each batch gets in all: `epochs` when it arrives, one in each later step it stays."""
+        return self.epochs + self.reuse - 1
 
 
 class RunState(str, enum.Enum):

@@ -55,6 +55,32 @@ def test_each_minibatch_is_one_optimiser_step():
     assert dist(four) > dist(one)
 
 
+def test_epochs_are_passes_over_the_new_batch_before_the_actors_act_again():
+    """epochs=3 with reuse 2: each step takes one pass over the batch kept from the
+    last step and then three over the new one, each pass with freshly drawn
+    minibatches; the version actors act on is the one after all of them."""
+    knobs = dict(algorithm="appo", minibatches=2, target_update_interval=3)
+    ep, by_hand = trainer(epochs=3, reuse=2, **knobs), trainer(reuse=1, **knobs)
+    for i in range(3):
+        batch = make_batch(i)
+        ep.train_on(dict(batch))
+        if i:
+            by_hand.update(dict(make_batch(i - 1)))
+        for _ in range(3):
+            by_hand.update(dict(batch))
+        assert ep.updates == by_hand.updates == 2 * (3 * (i + 1) + i) and ep.acted_version == ep.updates
+        mine, theirs = ep.model.state_dict(), by_hand.model.state_dict()
+        assert all(torch.allclose(mine[k], theirs[k]) for k in theirs), i
+    # epochs multiply the passes over a new batch
+    one = trainer(epochs=1, **knobs)
+    one.train_on(make_batch(0))
+    three = trainer(epochs=3, **knobs)
+    three.train_on(make_batch(0))
+    assert three.updates == 3 * one.updates
+    with pytest.raises(pydantic.ValidationError, match="epochs"):
+        RunConfig(epochs=0)
+
+
 def test_a_pass_returns_plain_numbers_also_when_minibatches_do_not_divide_the_steps():
     # 8 steps in 3 minibatches of 3, 3 and 2 samples per column; the statistics come back
     # from the device in one read at the end of the pass, as floats the learner can publish

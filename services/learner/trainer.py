@@ -155,8 +155,14 @@ class Trainer:
 
     def train_on(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """Add a new batch to the reuse buffer and take one update on each batch in it,
-        oldest first (those that `train_ahead` already took are not taken again).
-        Returns the new batch's stats."""
+        oldest first (those that `train_ahead` already took are not taken again),
+        and `epochs` on the new one. Returns the new batch's last stats.
+
+        Why epochs: the passes over the new batch are the ones the actors' next
+        fragment is acted on; with reuse the other passes of a batch come in later
+        steps, after the actors have acted on a policy that saw it once. On Pong
+        (bench/sync_loop.py, docs/benchmarks.md) 4 epochs and no reuse learned
+        faster per agent step than 4-fold reuse, at the same 32 optimiser steps."""
         older = [] if self.trained_ahead else self._staying()
         if len(self.reuse_buffer) == self.reuse_buffer.maxlen:  # the oldest batch leaves: recycle its input
             self._spare_input = self.reuse_buffer[0].pop("model_input", None)
@@ -164,7 +170,8 @@ class Trainer:
         self.trained_ahead = False
         for b in older:
             self.update(b)
-        stats = self.update(batch)
+        for _ in range(self.cfg.epochs):
+            stats = self.update(batch)
         self.acted_version = self.updates
         return stats
 
