@@ -63,6 +63,7 @@ def run_on_stack(config: dict, timeout: float, learner_args: tuple[str, ...] = (
 
     from services.launcher.stack import Stack
     from shared.client import GatewayClient
+    from shared.config import actor_cores
 
     async def go(stack: Stack) -> tuple[dict, list[dict]]:
         async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
@@ -72,7 +73,7 @@ def run_on_stack(config: dict, timeout: float, learner_args: tuple[str, ...] = (
             return final, await gw.metrics(run["id"])
 
     with tempfile.TemporaryDirectory() as d, Stack(d) as stack:
-        stack.start_all(actors=config["num_actors"], learner_args=learner_args)
+        stack.start_all(actors=config["num_actors"], learner_args=learner_args, cores=actor_cores(config))
         return asyncio.run(go(stack))
 
 

@@ -201,36 +201,54 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     return cfg
 
 
+def actor_cores(cfg: dict, cpus: Optional[int] = None) -> int:
+    """The cores the actors may have: all of them where the learner idles while
+    they act, else all but the learner's. The learner idles when actors and
+    learner take turns: paced actors (actor_wait > 0) act one fragment ahead
+    (actor_lead 1) on the newest weights, and the learner has no older batches
+    to train on meanwhile (reuse 1, or train_ahead off), as in the Pong preset
+    with 4 epochs and no reuse. On the 2-core Zen 3 VM that preset sampled
+    107,520 agent steps in 3 minutes with 2 actors x 4 envs against 86,016
+    with 1 x 8, both at policy lag 0 (docs/benchmarks.md, "Epochs instead of
+    reuse")."""
+    cpus = cpus or os.cpu_count() or 2
+    fields = RunConfig.model_fields
+    value = {k: cfg.get(k, fields[k].default) for k in ("actor_wait", "actor_lead", "reuse", "train_ahead")}
+    takes_turns = value["actor_wait"] > 0 and value["actor_lead"] == 1 and (value["reuse"] == 1 or not value["train_ahead"])
+    return cpus if takes_turns else max(1, cpus - 1)
+
+
 def auto_size(cfg: dict, cpus: Optional[int] = None, devices: Optional[int] = None) -> dict:
     """Fill in the sizes that depend on the machine, where the config leaves them out.
 
     num_actors and num_envs, when the config gives its batch (batch_size and
-    unroll_length) but neither of them: as many actors as there are cores but
-    the learner's, up to one per env column of the batch, each with an equal
-    share of those columns (a multiple of the learner's `devices`, which each
-    take an equal share of every fragment). One round of fragments, one from
-    each actor, is then exactly one batch: with actor_lead 1 the actors act
-    together on the newest weights and every batch trains at policy lag 0, as
-    on 2 cores, where this gives the Pong preset 1 actor x 8 envs. Why: on 16
+    unroll_length) but neither of them: as many actors as the actors have
+    cores (`actor_cores`), up to one per env column of the batch, each with an
+    equal share of those columns (a multiple of the learner's `devices`, which
+    each take an equal share of every fragment). One round of fragments, one
+    from each actor, is then exactly one batch: with actor_lead 1 the actors
+    act together on the newest weights and every batch trains at policy lag
+    0; on 2 cores this gives the Pong preset 2 actors x 4 envs. Why: on 16
     cores the rule below gave that preset 15 actors of 8 envs against
     batches of one fragment; they sampled twice what the learner trained,
     half was dropped as stale and the rest trained up to 192 updates old
     (docs/benchmarks.md, "On a lent GPU machine"); here it gives 8 x 1.
-    Otherwise num_actors is one actor process per core but one (the learner's).
+    Otherwise num_actors is one actor process per core the actors have.
     learner_threads: about half the cores; on the 2-core machine 2 threads
     train 10 % faster than 1 in the whole stack even though they share a core
     with the actor (bench/results/throughput-t2.json)."""
     cpus = cpus or os.cpu_count() or 2
     if devices is None:
         devices = _learner_devices()
+    cores = actor_cores(cfg, cpus)
     if "num_envs" not in cfg and {"batch_size", "unroll_length"} <= cfg.keys():
         columns = max(1, cfg["batch_size"] // cfg["unroll_length"])
         if "num_actors" not in cfg:
             fits = [a for a in range(1, columns + 1) if columns % a == 0 and (columns // a) % devices == 0]
-            cfg["num_actors"] = max([a for a in fits if a <= max(1, cpus - 1)] or [1])
+            cfg["num_actors"] = max([a for a in fits if a <= cores] or [1])
         share = -(-columns // cfg["num_actors"])  # a round of fragments fills at least one batch
         cfg["num_envs"] = -(-share // devices) * devices
-    cfg.setdefault("num_actors", max(1, cpus - 1))
+    cfg.setdefault("num_actors", cores)
     cfg.setdefault("learner_threads", max(1, min(8, cpus // 2 + 1)))
     return cfg
 

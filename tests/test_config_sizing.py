@@ -1,4 +1,6 @@
 """The launcher's and benchmarks' shared config plumbing: --set overrides and auto-sizing."""
+import os
+
 from shared.config import RunConfig, apply_overrides, auto_size
 
 
@@ -32,10 +34,36 @@ def test_one_round_of_the_auto_sized_actors_is_one_batch():
     assert auto_size(dict(pong, num_envs=8), cpus=16, devices=1)["num_actors"] == 15
 
 
+def test_actors_take_every_core_when_the_learner_waits_for_them():
+    """The Pong preset (4 epochs, no reuse, paced actors one fragment ahead) takes turns:
+    the learner idles while its actors act, so on 2 cores they get both (2 x 4, one
+    emulator thread each). Where the learner trains older batches meanwhile (reuse 4
+    with train_ahead) or actors run free (actor_wait 0, or a lead of 2), one core stays
+    the learner's: 1 x 8."""
+    import json
+
+    from services.launcher.stack import ROOT, env_threads
+    from shared.config import actor_cores
+
+    preset = json.loads((ROOT / "configs" / "pong.json").read_text())
+    sized = auto_size(dict(preset), cpus=2, devices=1)
+    assert (sized["num_actors"], sized["num_envs"], actor_cores(preset, cpus=2)) == (2, 4, 2)
+    assert env_threads(2, actor_cores(preset, cpus=2)) == 1
+    for change in ({"reuse": 4}, {"actor_wait": 0.0}, {"actor_lead": 2}):
+        cfg = dict(preset, **change)
+        assert actor_cores(cfg, cpus=2) == 1, change
+        assert (auto_size(cfg, cpus=2, devices=1)["num_actors"], cfg["num_envs"]) == (1, 8), change
+    # reuse without training ahead: the older batches' passes wait for the new batch, so turns again
+    assert actor_cores(dict(preset, reuse=4, train_ahead=False), cpus=2) == 2
+    # 16 cores: one actor per env column either way
+    assert auto_size(dict(preset), cpus=16, devices=1)["num_actors"] == 8
+
+
 def test_actors_share_the_cores_the_learner_leaves():
     from services.launcher.stack import env_threads
 
-    assert env_threads(1, cpus=2) == 1  # the 2-core machine: one actor, one core, the learner the other
-    assert env_threads(15, cpus=16) == 1
-    assert env_threads(2, cpus=8) == 3
-    assert env_threads(4, cpus=1) == 1  # never zero
+    assert env_threads(1, cores=1) == 1  # the 2-core machine, old preset: one actor, one core, the learner the other
+    assert env_threads(15, cores=15) == 1
+    assert env_threads(2, cores=7) == 3
+    assert env_threads(4, cores=1) == 1  # never zero
+    assert env_threads(2) == max(1, ((os.cpu_count() or 2) - 1) // 2)  # default: all cores but one

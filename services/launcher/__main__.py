@@ -15,7 +15,7 @@ from pathlib import Path
 
 from services.launcher.stack import ROOT, Stack
 from shared.client import GatewayClient
-from shared.config import apply_overrides, auto_size
+from shared.config import actor_cores, apply_overrides, auto_size
 
 PRESETS = {"CartPole-v1": "cartpole.json", "ALE/Pong-v5": "pong.json"}
 
@@ -79,7 +79,7 @@ def main() -> None:
     stack = Stack(run_dir)
     print(f"run dir {run_dir}; logs in {stack.logs}", flush=True)
     try:
-        stack.start_all(actors=config["num_actors"])
+        stack.start_all(actors=config["num_actors"], cores=actor_cores(config))
         print(f"nats {stack.nats_url.split('@')[-1]} | gateway {stack.gateway_url} (docs at /docs) | "
               f"API token {stack.api_token}", flush=True)
         print(f"dashboard {stack.dashboard_url} | TensorBoard: tensorboard --logdir {stack.tb_dir}", flush=True)

@@ -52,17 +52,17 @@ def nats_server_binary() -> str:
     return found
 
 
-def env_threads(actors: int, cpus: Optional[int] = None) -> int:
-    """C++ emulator threads per actor (and its inference threads): the machine's
-    cores but the learner's, shared among the actors (as `num_actors` in
-    shared/config.py leaves one core to the learner). Why not all cores: the
-    learner trains its passes over older batches while the actors act
-    (`train_ahead`), so an actor thread on the learner's core only takes turns
-    with it. On the 2-core VM one actor on 1 thread instead of 2 sampled 968
-    and 917 Pong agent steps/s against 933 and 882, alternately
+def env_threads(actors: int, cores: Optional[int] = None) -> int:
+    """C++ emulator threads per actor (and its inference threads): the actors'
+    cores shared among them; by default all cores but the learner's. Why not
+    all cores when the learner trains while the actors act (`actor_cores` in
+    shared/config.py says when): an actor thread on the learner's core only
+    takes turns with it. On the 2-core VM one actor on 1 thread instead of 2
+    sampled 968 and 917 Pong agent steps/s against 933 and 882, alternately
     (docs/benchmarks.md)."""
-    cpus = cpus or os.cpu_count() or 1
-    return max(1, (cpus - 1) // max(actors, 1))
+    if cores is None:
+        cores = max(1, (os.cpu_count() or 2) - 1)
+    return max(1, cores // max(actors, 1))
 
 
 class Stack:
@@ -144,12 +144,13 @@ class Stack:
         """The command line of one service (to wrap, e.g. in `nice`)."""
         return [sys.executable, "-m", f"services.{service}", *args]
 
-    def start_all(self, actors: int, learner_args: tuple[str, ...] = ()) -> None:
+    def start_all(self, actors: int, learner_args: tuple[str, ...] = (), cores: Optional[int] = None) -> None:
+        """NATS, gateway, learner, replay and `actors` actors sharing `cores` (see env_threads)."""
         self.start_nats()
         self.start("gateway")
         self.start("learner", "--checkpoint-dir", str(self.run_dir / "checkpoints"), *learner_args)
         self.start("replay")
-        threads = str(env_threads(actors))
+        threads = str(env_threads(actors, cores))
         for i in range(actors):
             self.start("actor", "--index", str(i), "--env-threads", threads, name=f"actor-{i}")
         wait_port(self.gateway_port, timeout=60, host=self.host)
