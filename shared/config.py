@@ -214,8 +214,9 @@ def actor_cores(cfg: dict, cpus: Optional[int] = None) -> int:
     cpus = cpus or os.cpu_count() or 2
     fields = RunConfig.model_fields
     value = {k: cfg.get(k, fields[k].default) for k in ("actor_wait", "actor_lead", "reuse", "train_ahead")}
-    takes_turns = value["actor_wait"] > 0 and value["actor_lead"] == 1 and (value["reuse"] == 1 or not value["train_ahead"])
-    return cpus if takes_turns else max(1, cpus - 1)
+    paced = value["actor_wait"] > 0 and value["actor_lead"] == 1
+    nothing_ahead = value["reuse"] == 1 or not value["train_ahead"]
+    return cpus if paced and nothing_ahead else max(1, cpus - 1)
 
 
 def auto_size(cfg: dict, cpus: Optional[int] = None, devices: Optional[int] = None) -> dict:

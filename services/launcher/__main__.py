@@ -65,7 +65,8 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", default="CartPole-v1", help="env id; configs/ has presets for CartPole-v1, ALE/Pong-v5")
     p.add_argument("--config", default=None, help="JSON file with RunConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config field")
-    p.add_argument("--actors", type=int, default=None, help="actor processes (default: preset or cores-1)")
+    p.add_argument("--actors", type=int, default=None,
+                   help="actor processes (default: the preset's, else sized to the cores by auto_size)")
 
 
 def main() -> None:
