@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import signal
 import time
 
 import torch
@@ -35,39 +36,49 @@ def main() -> None:
     p.add_argument("--name", default="sync-loop")
     a = p.parse_args()
     torch.set_num_threads(1)
-    cfg = RunConfig(**load_config(a.config, a.set))
+    # One actor acts for the whole batch (num_envs = the batch's columns), as the stack's
+    # actors do together: sized for 2 actors, this loop's one actor would fill a batch
+    # from 4 envs in two fragments each, half the episodes a stack batch holds.
+    cfg = RunConfig(**load_config(a.config, ["num_actors=1", *a.set]))
     actor = Rollout(cfg, "sync", "a0", cfg.seed, 1)
     torch.manual_seed(cfg.seed)
     trainer = Trainer(cfg, actor.spec)
     returns: collections.deque = collections.deque(maxlen=100)
     steps, next_print, t0, rows = 0, 0, time.time(), []
-    while steps < a.steps and time.time() - t0 < a.minutes * 60:
-        weights = state_to_numpy(trainer.model)
-        frags = []
-        while sum(f.actions.shape[1] for f in frags) < cfg.batch_columns:
-            load_numpy_state(actor.model, weights)
-            actor.version = trainer.updates
-            payloads, n = actor(NATS_MAX_PAYLOAD)
-            steps += n
-            frags += [decode_fragment(data, "sync", actor.spec, cfg.unroll_length) for data in payloads]
-            returns.extend(r for r, _ in actor.finished)
-            actor.finished = []
-        batch = {k: torch.from_numpy(v) for k, v in collate(frags).items()}
-        batch["fresh_steps"] = torch.tensor(batch["actions"].numel())
-        st = trainer.step(batch)  # as the learner: the lr and entropy schedules run on fresh steps
-        if steps >= next_print:
-            mean = sum(returns) / len(returns) if returns else None
-            row = {"agent_steps": steps, "seconds": round(time.time() - t0, 1), "mean_return": mean,
-                   "episodes": len(returns), "updates": trainer.updates,
-                   **{k: round(st[k], 4) for k in ("entropy", "value_loss", "explained_variance", "grad_norm", "clip_frac", "kl", "learning_rate")
-                      if k in st}}
-            rows.append(row)
-            print(row, flush=True)
-            next_print += 25_000
-            if cfg.target_return is not None and mean is not None and mean >= cfg.target_return:
-                break  # as the stack does: the run ends at the config's target return
+    # A run stopped by hand (Ctrl-C or kill) still writes the curve it has: a study is
+    # often cut short once its comparison is clear, and printed lines are not a result.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stopped = False
+    try:
+        while steps < a.steps and time.time() - t0 < a.minutes * 60:
+            weights = state_to_numpy(trainer.model)
+            frags = []
+            while sum(f.actions.shape[1] for f in frags) < cfg.batch_columns:
+                load_numpy_state(actor.model, weights)
+                actor.version = trainer.updates
+                payloads, n = actor(NATS_MAX_PAYLOAD)
+                steps += n
+                frags += [decode_fragment(data, "sync", actor.spec, cfg.unroll_length) for data in payloads]
+                returns.extend(r for r, _ in actor.finished)
+                actor.finished = []
+            batch = {k: torch.from_numpy(v) for k, v in collate(frags).items()}
+            batch["fresh_steps"] = torch.tensor(batch["actions"].numel())
+            st = trainer.step(batch)  # as the learner: the lr and entropy schedules run on fresh steps
+            if steps >= next_print:
+                mean = sum(returns) / len(returns) if returns else None
+                row = {"agent_steps": steps, "seconds": round(time.time() - t0, 1), "mean_return": mean,
+                       "episodes": len(returns), "updates": trainer.updates,
+                       **{k: round(st[k], 4) for k in ("entropy", "value_loss", "explained_variance", "grad_norm", "clip_frac", "kl", "learning_rate")
+                          if k in st}}
+                rows.append(row)
+                print(row, flush=True)
+                next_print += 25_000
+                if cfg.target_return is not None and mean is not None and mean >= cfg.target_return:
+                    break  # as the stack does: the run ends at the config's target return
+    except KeyboardInterrupt:
+        stopped = True
     write_result(a.name, {"config": cfg.model_dump(), "agent_steps": steps, "seconds": round(time.time() - t0, 1),
-                          "curve": rows})
+                          "stopped_by_hand": stopped, "curve": rows})
 
 
 if __name__ == "__main__":
