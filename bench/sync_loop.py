@@ -4,7 +4,8 @@ on transport and every batch is on-policy. One Rollout (the real actor code)
 fills a batch, the real Trainer takes its update(s), repeat. Prints a line
 every 25k agent steps (mean return of the last 100 episodes, entropy, critic
 explained variance, ...) and writes the curve to bench/results/<name>.json.
-Stops at `--steps`, `--minutes` or, at a printed line, the config's target_return.
+Stops at `--steps`, `--minutes` or, at a printed line, the config's target_return;
+Ctrl-C or a kill (SIGTERM) stops it early and still writes the curve so far.
 
     python bench/sync_loop.py --name sync-pong --steps 500000 --set normalize_advantages=true
 """
