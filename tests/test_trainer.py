@@ -75,6 +75,27 @@ def test_epochs_are_passes_over_the_new_batch_before_the_actors_act_again():
         RunConfig(epochs=0)
 
 
+def test_a_batchs_targets_are_computed_again_only_when_the_target_network_changed():
+    """4 epochs of 2 minibatches, the target copied every 4 updates: the target network
+    changes every second pass, so a batch needs 2 of its 4 forward passes over the
+    whole batch, and the weights are exactly those of passes that each compute their own."""
+    knobs = dict(algorithm="appo", minibatches=2, target_update_interval=4)
+    cached, fresh = trainer(epochs=4, **knobs), trainer(**knobs)
+    forwards = []
+    forward = cached.target.forward_prepared
+    cached.target.forward_prepared = lambda *a, **k: forwards.append(1) or forward(*a, **k)
+    for i in range(3):
+        batch = make_batch(i)
+        cached.train_on(dict(batch))
+        for _ in range(4):
+            fresh.update(dict(batch))  # a new dict each pass: nothing cached
+        assert len(forwards) == 2 * (i + 1)
+        for name in ("model", "target"):
+            mine, theirs = getattr(cached, name).state_dict(), getattr(fresh, name).state_dict()
+            assert all(torch.equal(mine[k], theirs[k]) for k in theirs), (i, name)
+    assert cached.target_loads == 24 // 4  # one load every 4 of the 24 updates: each one ends a cache
+
+
 def test_a_pass_returns_plain_numbers_also_when_minibatches_do_not_divide_the_steps():
     # 8 steps in 3 minibatches of 3, 3 and 2 samples per column; the statistics come back
     # from the device in one read at the end of the pass, as floats the learner can publish
