@@ -10,7 +10,7 @@ import enum
 import json
 import os
 import time
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -23,6 +23,7 @@ MAX_BATCH_STEPS = 65_536
 MAX_RUN_MEMORY_BYTES = int(float(os.environ.get("RL_MAX_RUN_MEMORY_GB", "32")) * 2**30)
 _ATARI_STEP_BYTES = 4 * 84 * 84 * 4  # a float32 4-stack, as the learner's model sees it
 _VECTOR_STEP_BYTES = 4096  # generous for any vector observation (CartPole: 16 bytes)
+Channels = Annotated[int, Field(ge=1, le=512)]  # a conv layer's width
 
 
 class RunConfig(BaseModel):
@@ -43,6 +44,8 @@ class RunConfig(BaseModel):
     hidden_size: int = Field(64, ge=8, le=4096, description="MLP width / CNN head width")
     latent_ae: bool = Field(False, description="latent auto-encoder: heads read a small latent, decoder loss on frames")
     latent_dim: int = Field(256, ge=8, le=4096, description="latent size of the auto-encoder")
+    ae_channels: tuple[Channels, Channels] = Field((16, 32), description="channels of the auto-encoder's two conv layers "
+                                         "(8x8 stride 4, 4x4 stride 2); its decoder mirrors them")
     ae_coef: float = Field(0.1, ge=0.0, le=100.0, description="weight of the reconstruction loss")
     ae_fraction: float = Field(0.125, gt=0.0, le=1.0, description="share of each batch the decoder reconstructs (it costs more than the encoder)")
     batch_size: int = Field(512, ge=2, le=MAX_BATCH_STEPS, description="agent steps per learner batch (T x B)")

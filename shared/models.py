@@ -92,26 +92,31 @@ class UpConv(nn.Module):
 
 class LatentAE(nn.Module):
     """Small conv encoder to a latent of latent_dim, and a mirrored decoder
-    (84 -> 20 -> 9 -> latent -> 9 -> 20 -> 84)."""
+    (84 -> 20 -> 9 -> latent -> 9 -> 20 -> 84), with `channels` in the two
+    conv layers. Why few: the learner trains every sample four times and on a
+    CPU the conv layers are most of its cost; on Pong 8 and 16 channels
+    learned as fast per agent step as 16 and 32, at 0.6 of the learner's time
+    (docs/benchmarks.md)."""
 
-    def __init__(self, in_ch: int, latent_dim: int):
+    def __init__(self, in_ch: int, latent_dim: int, channels: tuple[int, int] = (16, 32)):
         super().__init__()
+        c1, c2 = channels
         # The second ReLU after the Flatten (the same values, the same module indices):
         # flattening a channels-last map copies it to NCHW order, and a ReLU before the
         # copy got its gradient back in the other layout, a slow path that took 1.5 ms
         # of a 30 ms Pong minibatch step on this CPU; after it both are plain rows.
         self.enc = nn.Sequential(
-            nn.Conv2d(in_ch, 16, 8, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.Flatten(),
-            nn.ReLU(), nn.Linear(32 * 9 * 9, latent_dim), nn.ReLU())
-        self.dec_fc = nn.Linear(latent_dim, 32 * 9 * 9)
-        self.dec = nn.Sequential(nn.ReLU(), UpConv(32, 16, 2), nn.ReLU(), UpConv(16, in_ch, 4))
-        self.out_dim = latent_dim
+            nn.Conv2d(in_ch, c1, 8, stride=4), nn.ReLU(), nn.Conv2d(c1, c2, 4, stride=2), nn.Flatten(),
+            nn.ReLU(), nn.Linear(c2 * 9 * 9, latent_dim), nn.ReLU())
+        self.dec_fc = nn.Linear(latent_dim, c2 * 9 * 9)
+        self.dec = nn.Sequential(nn.ReLU(), UpConv(c2, c1, 2), nn.ReLU(), UpConv(c1, in_ch, 4))
+        self.out_dim, self.c2 = latent_dim, c2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.enc(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.dec(self.dec_fc(z).view(-1, 32, 9, 9))
+        return self.dec(self.dec_fc(z).view(-1, self.c2, 9, 9))
 
 
 class ActorCritic(nn.Module):
@@ -171,7 +176,7 @@ def build_model(cfg: RunConfig, spec: EnvSpec) -> ActorCritic:
     if not image and kind != "mlp":
         raise ValueError(f"model {kind!r} needs image observations")
     if image and cfg.latent_ae:
-        enc: nn.Module = LatentAE(spec.obs_shape[0], cfg.latent_dim)
+        enc: nn.Module = LatentAE(spec.obs_shape[0], cfg.latent_dim, cfg.ae_channels)
     elif kind == "mlp":
         enc = MLPEncoder(in_dim, cfg.hidden_size)
     elif kind == "nature_cnn":

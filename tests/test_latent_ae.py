@@ -22,7 +22,8 @@ def test_reconstruction_loss_falls_on_pong_frames():
     torch.manual_seed(0)
     torch.set_num_threads(2)
     frames = pong_frames()
-    model = build_model(RunConfig(env_id="ALE/Pong-v5", latent_ae=True, latent_dim=64), _spec())
+    # the Pong preset's narrow encoder (8 and 16 channels)
+    model = build_model(RunConfig(env_id="ALE/Pong-v5", latent_ae=True, latent_dim=64, ae_channels=(8, 16)), _spec())
     assert isinstance(model.encoder, LatentAE)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     probe = frames[::7][:64]
@@ -45,8 +46,11 @@ def test_reconstruction_loss_falls_on_pong_frames():
 
 
 def test_heads_read_the_latent_and_recon_fraction_subsamples():
-    model = build_model(RunConfig(env_id="ALE/Pong-v5", latent_ae=True, latent_dim=32), _spec())
+    model = build_model(RunConfig(env_id="ALE/Pong-v5", latent_ae=True, latent_dim=32, ae_channels=[12, 24]), _spec())
     assert model.policy.in_features == 32 and model.value.in_features == 32
+    convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    # encoder 4 -> 12 -> 24; decoder 24 -> 12 * 2 * 2 -> 4 * 4 * 4 (UpConv's depth-to-space)
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(4, 12), (12, 24), (24, 48), (12, 64)]
     x = torch.randint(0, 255, (16, 4, 84, 84), dtype=torch.uint8)
     logits, value, recon = model.forward_aux(x, recon_fraction=0.25)
     assert logits.shape == (16, 6) and value.shape == (16,) and recon.ndim == 0
