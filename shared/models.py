@@ -98,7 +98,7 @@ class LatentAE(nn.Module):
     learned as fast per agent step as 16 and 32, at 0.6 of the learner's time
     (docs/benchmarks.md)."""
 
-    def __init__(self, in_ch: int, latent_dim: int, channels: tuple[int, int] = (16, 32)):
+    def __init__(self, in_ch: int, latent_dim: int, channels: tuple[int, int]):
         super().__init__()
         c1, c2 = channels
         # The second ReLU after the Flatten (the same values, the same module indices):
