@@ -14,14 +14,25 @@ sys.path.insert(0, str(RESULTS.parents[1]))
 
 
 def machine() -> dict:
-    cpu = platform.processor()
+    """Where a result was measured. The CPU's family and model go with its name: a VM
+    may call itself "AMD EPYC" on Zen 2, 3 and 4 alike, and those differ in speed
+    and, with AVX-512 or not, in the floating-point path a seed's run follows."""
+    cpu, family, model = platform.processor(), "", ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name":
+                cpu = value
+            elif key == "cpu family":
+                family = value
+            elif key == "model":
+                model = value
+            elif not line.strip():  # the first processor's block is enough
                 break
     except OSError:
         pass
+    if family:
+        cpu += f" (family {family} model {model})"
     import torch
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

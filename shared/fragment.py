@@ -34,6 +34,10 @@ class Fragment:
     dones: np.ndarray  # [T, N] uint8: obs[t+1] starts a new episode
     context: Optional[np.ndarray] = None  # [N, S-1, H, W] older frames of obs[0]'s stack
     seq: int = 0  # per-actor fragment counter: gaps at the learner are messages lost in transit
+    # The seed of the actor's env vector: a name for its columns that is the same in every
+    # run of a config (actor ids are not). A batch orders its fresh columns by it (see
+    # services/learner/prefetch.py); 0 from actors that predate it.
+    env_seed: int = 0
 
     @property
     def num_steps(self) -> int:
@@ -57,7 +61,7 @@ def encode_fragment(f: Fragment) -> bytes:
     if f.context is not None:
         arrays["context"] = f.context
     return wire.encode({"kind": "fragment", "run": f.run_id, "actor": f.actor_id, "version": f.version,
-                        "seq": f.seq}, arrays)
+                        "seq": f.seq, "env_seed": f.env_seed}, arrays)
 
 
 def encode_within(f: Fragment, max_bytes: int) -> list[bytes]:
@@ -119,6 +123,8 @@ def check_header(data: bytes, run_id: str, spec: EnvSpec, T: int) -> dict:
     seq = meta.get("seq", 0)
     if not wire.is_count(seq):
         raise wire.WireError("bad sequence number")
+    if not wire.is_count(meta.get("env_seed", 0)):
+        raise wire.WireError("bad env seed")
     got = {s["name"]: (tuple(s["shape"]), s["dtype"]) for s in specs}
     if len(got) != len(specs) or "actions" not in got or len(got["actions"][0]) != 2:
         raise wire.WireError("bad array set")
@@ -141,7 +147,8 @@ def decode_fragment(data: bytes, run_id: str, spec: EnvSpec, T: int) -> Fragment
     if a["obs"].dtype.kind == "f" and not np.isfinite(a["obs"]).all():
         raise wire.WireError("non-finite observations")
     return Fragment(run_id, meta["actor"], meta["version"], a["obs"], a["actions"], a["logits"],
-                    a["rewards"], a["dones"], a.get("context"), seq=meta.get("seq", 0))
+                    a["rewards"], a["dones"], a.get("context"), seq=meta.get("seq", 0),
+                    env_seed=meta.get("env_seed", 0))
 
 
 def collate(frags: Sequence[Fragment]) -> dict[str, np.ndarray]:

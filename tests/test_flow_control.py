@@ -23,10 +23,10 @@ def one_actor_stack(tmp_path_factory):
 
 
 async def run_to_end(stack, **config) -> tuple[dict, list[dict]]:
-    """One CartPole run of 8 envs x 16 steps per fragment, actor_lead 1, and weights
-    held back for 60 s by the interval: (final view, metrics series)."""
-    config = {"env_id": "CartPole-v1", "num_envs": 8, "unroll_length": 16, "reuse": 1, "actor_lead": 1,
-              "publish_interval": 60.0, **config}
+    """One CartPole run of the one actor, 8 envs x 16 steps per fragment, actor_lead 1,
+    and weights held back for 60 s by the interval: (final view, metrics series)."""
+    config = {"env_id": "CartPole-v1", "num_actors": 1, "num_envs": 8, "unroll_length": 16, "reuse": 1,
+              "actor_lead": 1, "publish_interval": 60.0, **config}
     async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
         await gw.wait_ready()
         run = await gw.start_run(config)

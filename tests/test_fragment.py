@@ -22,9 +22,10 @@ def make_fragment(T=8, N=3, run="r1", version=5, spec=SPEC):
 def test_fragment_round_trip_and_collate():
     f = make_fragment()
     f.seq = 42  # the learner's short-of-data notice names each actor's newest fragment by it
+    f.env_seed = 101_000  # a batch orders its columns by it
     g = decode_fragment(encode_fragment(f), "r1", SPEC, 8)
     assert g.version == 5 and np.array_equal(g.obs, f.obs) and np.array_equal(g.actions, f.actions)
-    assert (g.actor_id, g.seq) == ("a1", 42)
+    assert (g.actor_id, g.seq, g.env_seed) == ("a1", 42, 101_000)
     batch = collate([g, g])
     assert batch["obs"].shape == (9, 6, 4) and batch["actions"].shape == (8, 6)
     assert list(batch["versions"]) == [5] * 6
@@ -58,6 +59,7 @@ def test_a_fragment_over_the_message_limit_is_sent_as_parts_of_its_envs():
     lambda f: setattr(f, "logits", f.logits * np.nan),  # non-finite
     lambda f: setattr(f, "rewards", f.rewards[:4].copy()),  # inconsistent T
     lambda f: setattr(f, "version", -1),
+    lambda f: setattr(f, "env_seed", -3),
 ])
 def test_bad_fragments_are_rejected(mutate):
     f = make_fragment()

@@ -16,11 +16,12 @@ SPEC = EnvSpec((4,), "float32", 2)
 T, N = 8, 4
 
 
-def fragment(i: int, version: int = 0, run: str = "r1", actor: str = "a", seq: int = 0) -> bytes:
+def fragment(i: int, version: int = 0, run: str = "r1", actor: str = "a", seq: int = 0, env_seed: int = 0) -> bytes:
     """Fragment number i carries i in every reward, so order can be checked after batching."""
     return encode_fragment(Fragment(run, actor, version, np.zeros((T + 1, N, 4), np.float32),
                                     np.zeros((T, N), np.int32), np.zeros((T, N, 2), np.float32),
-                                    np.full((T, N), float(i), np.float32), np.zeros((T, N), np.uint8), seq=seq))
+                                    np.full((T, N), float(i), np.float32), np.zeros((T, N), np.uint8), seq=seq,
+                                    env_seed=env_seed))
 
 
 def make(counters, **kw) -> Prefetcher:
@@ -44,6 +45,25 @@ async def test_in_order_without_loss_under_a_slow_consumer():
     task.cancel()
     assert seen == list(range(40))
     assert counters.get("dropped_fresh", 0) == 0 and counters.get("rejected", 0) == 0
+
+
+async def test_a_batch_orders_its_fresh_columns_by_env_seed_not_by_arrival():
+    """Two actors' fragments of a round make the same batch whichever came first (a
+    race between the actors), so a seed's run repeats; one actor's keep their order."""
+    batches = []
+    for first, second in ((0, 1), (1, 0)):
+        p = make(Counters())
+        frags = {0: fragment(10, actor="a", env_seed=1000, seq=1), 1: fragment(20, actor="b", env_seed=2000, seq=1)}
+        p.offer(frags[first])
+        p.offer(frags[second])
+        batches.append(await asyncio.wait_for(p.next_batch(), 10))
+    assert all(torch.equal(batches[0][k], batches[1][k]) for k in batches[0])
+    assert [int(batches[0]["rewards"][0, k * N]) for k in range(2)] == [10, 20]
+    p = make(Counters())
+    p.offer(fragment(1, env_seed=7, seq=1))
+    p.offer(fragment(2, env_seed=7, seq=2))
+    batch = await asyncio.wait_for(p.next_batch(), 10)
+    assert [int(batch["rewards"][0, k * N]) for k in range(2)] == [1, 2]
 
 
 async def test_overrun_drops_oldest_and_counts():
@@ -164,6 +184,27 @@ async def test_each_actor_is_pending_only_its_own_fragments_and_a_round_complete
     assert alone.short_of() == {"a": 3}
     alone.offer(fragment(4, seq=4))
     await asyncio.wait_for(waiting, 10)
+
+
+async def test_at_the_start_no_actor_is_let_go_before_the_configured_actors_are_heard_from():
+    """The run's first fragments: while fewer than num_actors actors have sent one, for
+    half of actor_wait, the first actor is not told to fill the batch itself (which
+    actor started first is a race, and the batches would differ from run to run);
+    after that, before the actor's own wait runs out, a run with fewer actors than
+    configured goes on."""
+    clock = [1000.0]
+    p = Prefetcher(RunConfig(num_envs=N, unroll_length=T, batch_size=2 * N * T, num_actors=2, actor_wait=10.0),
+                   SPEC, "r1", torch.device("cpu"), lambda: 0, Counters())
+    p.clock = lambda: clock[0]
+    p.offer(fragment(0, actor="a", seq=1))
+    waiting = asyncio.create_task(p.next_batch())
+    await asyncio.sleep(0.1)
+    assert p.short_of() == {}  # "b" is still starting
+    clock[0] += 4.5
+    assert p.short_of() == {}
+    clock[0] += 1.0
+    assert p.short_of() == {"a": 1}
+    waiting.cancel()
 
 
 async def test_an_actor_not_heard_from_for_twice_actor_wait_leaves_the_round():

@@ -56,6 +56,7 @@ class Rollout:
         self.finished: list[tuple[float, int]] = []
         self.gen = torch.Generator().manual_seed(seed)
         self.seq = 0  # fragments made so far; the learner counts gaps as lost in transit
+        self.seed = seed
 
     @torch.inference_mode()
     def __call__(self, max_bytes: int) -> tuple[list[bytes], int]:
@@ -89,7 +90,7 @@ class Rollout:
                 self.ep_return[i], self.ep_length[i] = 0.0, 0
         obs_rows[T] = self.obs[:, -1] if stacked else self.obs
         frag = Fragment(self.run_id, self.actor_id, max(self.version, 0), obs_rows, actions, logits_buf,
-                        rewards, dones, context, seq=self.seq + 1)
+                        rewards, dones, context, seq=self.seq + 1, env_seed=self.seed)
         payloads = encode_within(frag, max_bytes)
         self.seq += len(payloads)
         return payloads, T * N

@@ -50,6 +50,7 @@ class Prefetcher:
         self.pending: collections.Counter[str] = collections.Counter()
         self.assembled: collections.deque[collections.Counter[str]] = collections.deque()  # per batch made, not yet trained
         self.heard: dict[str, float] = {}  # actor -> when its newest fragment arrived (see `roster`)
+        self.first_heard: Optional[float] = None  # when the run's first fragment arrived (see `short_of`)
         self.clock: Callable[[], float] = time.monotonic
         self.fresh_capacity = fresh_capacity or max(8, 4 * per_batch)
         self.arrived = asyncio.Event()
@@ -73,6 +74,8 @@ class Prefetcher:
         self.counters.inc("fresh_fragments")
         self.counters.inc("fresh_bytes", len(data))
         self.heard[meta["actor"]] = self.clock()
+        if self.first_heard is None:
+            self.first_heard = self.heard[meta["actor"]]
         lo, hi = self.my_columns(meta["columns"])
         if hi == lo:  # a fragment of fewer envs than ranks: none of it is this rank's
             return
@@ -143,7 +146,15 @@ class Prefetcher:
         cannot come until more data does, so they may act again on the weights they have.
         Empty while the round is still coming in: an actor let go early would fill the
         batch with its own next fragment, and the late actor's fragment would then train
-        with the next batch, a version late."""
+        with the next batch, a version late. For the same reason it is empty while fewer
+        than the config's num_actors have been heard from, for half of actor_wait after
+        the run's first fragment: at the start the actors that start last would otherwise
+        find the first batches filled by the first one, a race that made a seed's run
+        differ from one run to the next (bench/repeatable.py). Half: where fewer actors
+        run than the config says, the waiting actor is freed before its own wait runs out."""
+        if (len(self.roster()) < self.cfg.num_actors and self.first_heard is not None
+                and self.clock() - self.first_heard < self.cfg.actor_wait / 2):
+            return {}
         have: dict[str, int] = {}
         for f in self.waiting_with:
             have[f.actor_id] = max(f.seq, have.get(f.actor_id, 0))
@@ -200,6 +211,11 @@ class Prefetcher:
             parts.append(f)
             fresh_parts.append(f)
             fresh_cols += f.num_columns
+        # Fresh columns in the order of their env seeds, not of arrival. Why: which actor's
+        # fragment of a round comes first is a race, and a minibatch takes samples by column,
+        # so a swap changed the whole run after it; ordered, a seed's run at policy lag 0
+        # repeats on the same machine (Python's sort is stable: one actor's parts keep their order).
+        parts = parts[:len(parts) - len(fresh_parts)] + sorted(fresh_parts, key=lambda f: f.env_seed)
         batch = await asyncio.get_running_loop().run_in_executor(self.pool, self._collate_to_device, parts)
         batch["fresh_steps"] = torch.tensor(fresh_cols * cfg.unroll_length)
         by_actor: collections.Counter[str] = collections.Counter()
