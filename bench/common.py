@@ -66,9 +66,11 @@ def load_config(path: Path | str, overrides: list[str]) -> dict:
     return auto_size(apply_overrides(json.loads(Path(path).read_text()), overrides))
 
 
-def run_on_stack(config: dict, timeout: float, learner_args: tuple[str, ...] = ()) -> tuple[dict, list[dict]]:
-    """Start the whole stack in a temp dir, run one config through the REST API,
-    return (final run view, metrics series)."""
+def run_on_stack(config: dict, timeout: float, learner_args: tuple[str, ...] = (),
+                 workdir: str | Path | None = None) -> tuple[dict, list[dict]]:
+    """Start the whole stack in `workdir` (default: a temp dir, removed after), run one
+    config through the REST API, return (final run view, metrics series). A caller that
+    reads what the run left (its checkpoints) passes a directory of its own."""
     import asyncio
     import tempfile
 
@@ -83,7 +85,7 @@ def run_on_stack(config: dict, timeout: float, learner_args: tuple[str, ...] = (
             final = await gw.wait_final(run["id"], timeout, interval=2.0)
             return final, await gw.metrics(run["id"])
 
-    with tempfile.TemporaryDirectory() as d, Stack(d) as stack:
+    with tempfile.TemporaryDirectory() as tmp, Stack(workdir or tmp) as stack:
         stack.start_all(actors=config["num_actors"], learner_args=learner_args, cores=actor_cores(config))
         return asyncio.run(go(stack))
 

@@ -16,17 +16,14 @@ same CPU kind with the same thread counts.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import tempfile
 from pathlib import Path
 
 import torch
-from common import load_config, write_result
+from common import load_config, run_on_stack, write_result
 
-from services.launcher.stack import ROOT, Stack
-from shared.client import GatewayClient
-from shared.config import actor_cores
+from services.launcher.stack import ROOT
 
 
 def weights_digest(checkpoint: Path) -> tuple[int, str]:
@@ -40,15 +37,8 @@ def weights_digest(checkpoint: Path) -> tuple[int, str]:
 
 
 def one_run(config: dict) -> dict:
-    async def go(stack: Stack) -> dict:
-        async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
-            await gw.wait_ready()
-            run = await gw.start_run(config)
-            return await gw.wait_final(run["id"], 900, interval=2.0)
-
-    with tempfile.TemporaryDirectory() as d, Stack(d) as stack:
-        stack.start_all(actors=config["num_actors"], cores=actor_cores(config))
-        final = asyncio.run(go(stack))
+    with tempfile.TemporaryDirectory() as d:
+        final, _ = run_on_stack(config, 900, workdir=d)
         checkpoints = sorted(Path(d).rglob("ckpt_*.pt"))
         if not checkpoints:
             raise SystemExit(f"run {final.get('id')} left no checkpoint ({final.get('state')}: {final.get('reason')})")

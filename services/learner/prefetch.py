@@ -185,6 +185,7 @@ class Prefetcher:
             n = math.ceil(want_replay / cfg.num_envs)
             got = await self._decode_all(await self.replay(n), fresh=False)
             parts += _take(got, want_replay)
+        replayed = len(parts)
         fresh_cols, fresh_parts = 0, []
         while (missing := need - sum(f.num_columns for f in parts)) > 0:
             if self.leftover is None:
@@ -215,7 +216,7 @@ class Prefetcher:
         # fragment of a round comes first is a race, and a minibatch takes samples by column,
         # so a swap changed the whole run after it; ordered, a seed's run at policy lag 0
         # repeats on the same machine (Python's sort is stable: one actor's parts keep their order).
-        parts = parts[:len(parts) - len(fresh_parts)] + sorted(fresh_parts, key=lambda f: f.env_seed)
+        parts = parts[:replayed] + sorted(fresh_parts, key=lambda f: f.env_seed)
         batch = await asyncio.get_running_loop().run_in_executor(self.pool, self._collate_to_device, parts)
         batch["fresh_steps"] = torch.tensor(fresh_cols * cfg.unroll_length)
         by_actor: collections.Counter[str] = collections.Counter()
