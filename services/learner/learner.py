@@ -295,10 +295,20 @@ class RunSession:
         cfg, elapsed = self.cfg, time.time() - self.t0
         if self.progress.check_solved(cfg.target_return, elapsed):
             self.stop_reason = f"mean return {self.progress.mean_return:.1f} >= {cfg.target_return}"
-        elif cfg.max_agent_steps is not None and self.progress.agent_steps >= cfg.max_agent_steps:
+        elif cfg.max_agent_steps is not None and self._steps_budget_spent(cfg.max_agent_steps):
             self.stop_reason = f"agent steps {self.progress.agent_steps} >= {cfg.max_agent_steps}"
         elif cfg.max_seconds is not None and elapsed >= cfg.max_seconds:
             self.stop_reason = f"{elapsed:.0f} s >= max_seconds {cfg.max_seconds}"
+
+    def _steps_budget_spent(self, budget: int) -> bool:
+        """max_agent_steps is spent once the actors report that many agent steps sampled
+        and the learner has trained that many fresh ones, or holds none untrained. Why
+        not on the samples alone: the stats that reach the budget come with the last
+        fragments, and stopping on them dropped those fragments untrained while they were
+        still being decoded and assembled (a test's run of two batches trained one)."""
+        if self.progress.agent_steps < budget:
+            return False
+        return self.trainer.fresh_steps >= budget or not any(self._pending().values())
 
     # --------------------------------------------------------------- side tasks
     async def _heartbeat(self, stop: asyncio.Event) -> None:
