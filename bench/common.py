@@ -60,10 +60,19 @@ def write_result(name: str, result: dict) -> Path:
 
 
 def load_config(path: Path | str, overrides: list[str]) -> dict:
-    """A preset JSON plus KEY=VALUE overrides, auto-sized to this machine."""
-    from shared.config import apply_overrides, auto_size
+    """A named run's JSON plus KEY=VALUE overrides, as the whole config the learner on
+    this machine trains (see `whole_config`)."""
+    from shared.config import apply_overrides
 
-    return auto_size(apply_overrides(json.loads(Path(path).read_text()), overrides))
+    return whole_config(apply_overrides(json.loads(Path(path).read_text()), overrides))
+
+
+def whole_config(fields: dict) -> dict:
+    """A run's fields with everything the learner on this machine fills in: the env
+    family's preset, the step budget and the sizes for this machine."""
+    from shared.config import RunConfig, resolve_sizes
+
+    return resolve_sizes(RunConfig(**fields)).model_dump(mode="json")
 
 
 def run_on_stack(config: dict, timeout: float, learner_args: tuple[str, ...] = (),
@@ -76,7 +85,7 @@ def run_on_stack(config: dict, timeout: float, learner_args: tuple[str, ...] = (
 
     from services.launcher.stack import Stack
     from shared.client import GatewayClient
-    from shared.config import actor_cores
+    from shared.config import RunConfig, actor_cores
 
     async def go(stack: Stack) -> tuple[dict, list[dict]]:
         async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
@@ -86,7 +95,8 @@ def run_on_stack(config: dict, timeout: float, learner_args: tuple[str, ...] = (
             return final, await gw.metrics(run["id"])
 
     with tempfile.TemporaryDirectory() as tmp, Stack(workdir or tmp) as stack:
-        stack.start_all(actors=config["num_actors"], learner_args=learner_args, cores=actor_cores(config))
+        stack.start_all(actors=config["num_actors"], learner_args=learner_args,
+                        cores=actor_cores(RunConfig(**config)))
         return asyncio.run(go(stack))
 
 

@@ -86,7 +86,7 @@ def where_time_goes(trainer: Trainer, batch: dict[str, torch.Tensor], device: to
 
 def measure(cfg: RunConfig, threads: int, repeats: int, device: torch.device, profile: bool = False) -> dict:
     torch.set_num_threads(threads)
-    spec = env_spec(cfg.env_id)
+    spec = env_spec(cfg)
     torch.manual_seed(cfg.seed)
     trainer = Trainer(cfg, spec, device)
     samples = cfg.unroll_length * cfg.batch_columns

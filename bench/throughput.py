@@ -25,7 +25,7 @@ from procstat import CLK_TCK, cpu_seconds
 from services.launcher.stack import ROOT, Stack, env_threads
 from shared.bus import NATS_MAX_PAYLOAD
 from shared.client import GatewayClient
-from shared.config import actor_cores
+from shared.config import RunConfig, actor_cores
 
 
 def ceiling_threads(actors: int) -> int:
@@ -83,7 +83,7 @@ def cpu_now(pids: dict[str, int]) -> tuple[float, dict[str, float | None]]:
 
 async def whole_stack(cfg: dict, seconds: float, warmup: float) -> dict:
     with tempfile.TemporaryDirectory() as d, Stack(d) as stack:
-        stack.start_all(actors=cfg["num_actors"], cores=actor_cores(cfg))
+        stack.start_all(actors=cfg["num_actors"], cores=actor_cores(RunConfig(**cfg)))
         pids = {name: p.pid for name, p in stack.procs.items()}
         async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
             await gw.wait_ready()
@@ -135,7 +135,7 @@ def main() -> None:
         "ceiling_env_plus_inference_steps_per_s": infer,
         "actor_bytes_per_agent_step": bytes_per_step,
         "threads": {"ceiling_per_process": ceiling_threads(cfg["num_actors"]),
-                    "stack_actor_env_threads": env_threads(cfg["num_actors"], actor_cores(cfg))},
+                    "stack_actor_env_threads": env_threads(cfg["num_actors"], actor_cores(RunConfig(**cfg)))},
         "stack": stack,
         "ratios": {"stack_sampled_over_inference_ceiling": stack["sampled_per_s"] / infer,
                    "inference_ceiling_over_bare": infer / bare,

@@ -10,9 +10,13 @@ import enum
 import json
 import os
 import time
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, ValidationInfo, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from shared.envs import ATARI_PREFIX
 
 # Hard limits that protect memory; a request beyond them is a 422, not an OOM.
 MAX_ENVS_PER_ACTOR = 256
@@ -21,34 +25,76 @@ MAX_BATCH_STEPS = 65_536
 # What one process may be asked to hold for a run (learner batches, one replay shard);
 # a config beyond it would not fit in memory and is a 422 naming the field.
 MAX_RUN_MEMORY_BYTES = int(float(os.environ.get("RL_MAX_RUN_MEMORY_GB", "32")) * 2**30)
-_ATARI_STEP_BYTES = 4 * 84 * 84 * 4  # a float32 4-stack, as the learner's model sees it
-_VECTOR_STEP_BYTES = 4096  # generous for any vector observation (CartPole: 16 bytes)
 Channels = Annotated[int, Field(ge=1, le=512)]  # a conv layer's width
 
 
+# The Atari family's preset: every ALE game gets these values for the fields a run
+# leaves out (docs/decisions.md gives each one's evidence). configs/pong.json adds
+# only Pong's stop condition. Sizes that depend on the machine (num_actors,
+# num_envs, learner_threads) are not here: the learner settles them (`resolve_sizes`).
+ATARI_PRESET: dict[str, Any] = {
+    "unroll_length": 128, "batch_size": 1024, "minibatches": 8, "epochs": 4, "reuse": 1,
+    "learning_rate": 0.0008, "lr_schedule": [[500_000, 0.0008], [1_000_000, 0.0001]],
+    "entropy_coef": 0.01, "entropy_schedule": [[500_000, 0.01], [1_000_000, 0.001]],
+    "vtrace_lambda": 0.95, "clip_eps": 0.1, "max_grad_norm": 0.5, "normalize_advantages": True,
+    "target_update_interval": 16, "latent_ae": True, "latent_dim": 256, "ae_channels": [8, 16],
+    "ae_coef": 0.1, "ae_fraction": 0.125, "max_policy_lag": 100, "flow": "sync", "publish_interval": 0.5,
+}
+# A run that names no stop condition stops after this many agent steps (the learner
+# says so when it starts the run): CleanRL's Atari budget, and a generous one for
+# small control envs (CartPole needs about 120k).
+STEP_BUDGET = {"atari": 10_000_000, "other": 1_000_000}
+STOP_FIELDS = ("max_agent_steps", "max_seconds", "target_return")
+
+
+def _refuse(field: str, message: str, value: Any) -> ValidationError:
+    """A validation error located at `field` (a 422 that names it), from a model-level check."""
+    return ValidationError.from_exception_data("RunConfig", [InitErrorDetails(
+        type=PydanticCustomError("invalid_run_config", message), loc=(field,), input=value)])
+
+
 class RunConfig(BaseModel):
-    """A training run: environment, algorithm, model, sizes and stop conditions."""
+    """A training run: environment, algorithm, model, sizes and stop conditions.
+
+    Validated with context {"stored": True} (a record read back from the KV
+    bucket), the env is not built: a stored run must stay readable in every
+    process, even one that cannot import its env's module; the learner checks
+    the env itself before it trains (and fails the run with the reason)."""
 
     model_config = ConfigDict(extra="forbid")
 
     # --- environment -------------------------------------------------------
-    env_id: str = Field("CartPole-v1", description="Gymnasium or ALE env id, e.g. CartPole-v1, ALE/Pong-v5")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="base seed; actor i uses seed + 1000 * i")
-    num_actors: int = Field(2, ge=1, le=1024, description="actor processes the launcher starts (others may join)")
-    num_envs: int = Field(16, ge=1, le=MAX_ENVS_PER_ACTOR, description="environments stepped by each actor")
-    unroll_length: int = Field(32, ge=2, le=MAX_UNROLL, description="agent steps per trajectory fragment")
+    env_id: str = Field("CartPole-v1", description="Gymnasium id (CartPole-v1), ALE id (ALE/Breakout-v5), "
+                        "or module:EnvId for an env a user's importable module registers")
+    env_kwargs: dict[str, JsonValue] = Field(default_factory=dict, description="keyword arguments of the env's "
+                                             "constructor (Gymnasium ids; ALE ids take the fields below)")
+    sticky_actions: Optional[float] = Field(None, ge=0.0, le=1.0, description="ALE: probability of repeating the "
+                                            "last action (repeat_action_probability); null: the id's own, 0.25 for v5")
+    full_action_space: Optional[bool] = Field(None, description="ALE: all 18 actions; null: the id's own "
+                                              "(the game's minimal set for v5)")
+    max_episode_frames: Optional[int] = Field(None, ge=1, le=10_000_000, description="ALE: frames after which an "
+                                              "episode is cut; null: the id's own, 108,000 (30 minutes)")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="base seed; an actor's envs are seeded from it and the "
+                      "actor's slot")
+    num_actors: Optional[int] = Field(None, ge=1, le=1024, description="actor processes the run takes (the "
+                                      "launcher starts this many; in sync mode a round has one fragment of each); "
+                                      "null: sized by the learner's machine")
+    num_envs: Optional[int] = Field(None, ge=1, le=MAX_ENVS_PER_ACTOR, description="environments each actor steps; "
+                                    "null: sized by the learner's machine")
+    unroll_length: int = Field(16, ge=2, le=MAX_UNROLL, description="agent steps per trajectory fragment")
     # --- algorithm ---------------------------------------------------------
     algorithm: Literal["impala", "appo"] = Field("appo", description="V-trace policy gradient, or IMPACT's clipped surrogate")
-    model: Literal["auto", "mlp", "nature_cnn", "impala_resnet"] = Field(
-        "auto", description="auto: MLP for vector observations, Nature CNN for frames")
-    hidden_size: int = Field(64, ge=8, le=4096, description="MLP width / CNN head width")
+    model: Literal["auto", "mlp", "nature_cnn", "small_cnn", "impala_resnet"] = Field(
+        "auto", description="auto: MLP for vector observations; for images the Nature CNN (36x36 and up) "
+        "or the small CNN")
+    hidden_size: int = Field(128, ge=8, le=4096, description="width of the MLP's two layers (vector observations)")
     latent_ae: bool = Field(False, description="latent auto-encoder: heads read a small latent, decoder loss on frames")
     latent_dim: int = Field(256, ge=8, le=4096, description="latent size of the auto-encoder")
     ae_channels: tuple[Channels, Channels] = Field((16, 32), description="channels of the auto-encoder's two conv layers "
                                          "(8x8 stride 4, 4x4 stride 2); its decoder mirrors them")
     ae_coef: float = Field(0.1, ge=0.0, le=100.0, description="weight of the reconstruction loss")
     ae_fraction: float = Field(0.125, gt=0.0, le=1.0, description="share of each batch the decoder reconstructs (it costs more than the encoder)")
-    batch_size: int = Field(512, ge=2, le=MAX_BATCH_STEPS, description="agent steps per learner batch (T x B)")
+    batch_size: int = Field(256, ge=2, le=MAX_BATCH_STEPS, description="agent steps per learner batch (T x B)")
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate")
     lr_schedule: list[tuple[int, float]] = Field(
         default_factory=list, description="piecewise-linear learning rate over fresh agent steps trained: [[steps, lr], ...], "
@@ -68,25 +114,35 @@ class RunConfig(BaseModel):
     vtrace_lambda: float = Field(1.0, ge=0.0, le=1.0, description="V-trace lambda: scales the traces (on-policy: GAE's lambda)")
     clip_eps: float = Field(0.2, gt=0.0, le=1.0, description="APPO ratio clip epsilon")
     kl_coef: float = Field(0.0, ge=0.0, le=100.0, description="APPO KL(target || current) penalty")
-    target_update_interval: int = Field(4, ge=1, le=100_000, description="APPO: learner steps between target-network copies")
+    target_update_interval: int = Field(4, ge=1, le=100_000, description="APPO: optimiser (minibatch) steps between "
+                                        "target-network copies")
     minibatches: int = Field(1, ge=1, le=1024, description="optimiser steps per pass over a batch, each on a random 1/n of every trajectory's steps (PPO's minibatches)")
-    reuse: int = Field(2, ge=1, le=64, description="times each batch is trained on (IMPACT circular buffer of this many batches)")
-    epochs: int = Field(1, ge=1, le=64, description="passes over each new batch as it arrives, before the actors act on the result (PPO's epochs); reuse > 1 adds passes in later steps")
+    epochs: int = Field(1, ge=1, le=64, description="passes over each new batch as it arrives, before the actors act on the result (PPO's epochs)")
+    reuse: int = Field(4, ge=1, le=64, description="learner steps each batch stays in IMPACT's circular buffer: one more "
+                       "pass in each step after its first (passes per batch: epochs + reuse - 1)")
     replay_proportion: float = Field(0.0, ge=0.0, lt=1.0, description="share of each batch drawn from replay shards")
     replay_capacity: int = Field(2_000, ge=1, le=10_000_000, description="fragments each replay shard keeps per run")
     replay_capacity_mb: float = Field(512.0, gt=0.0, le=65_536.0, description="bytes (MiB) each replay shard keeps per run")
-    max_policy_lag: int = Field(50, ge=0, le=1_000_000, description="fragments older than this many versions are dropped")
-    actor_wait: float = Field(0.0, ge=0.0, le=60.0, description="flow control: seconds an actor waits for newer weights before a fragment (0: fully async)")
-    actor_lead: int = Field(1, ge=1, le=64, description="flow control: fragments an actor may act ahead of the newest weights and of what the learner has trained of its own")
-    publish_interval: float = Field(0.2, ge=0.0, le=3600.0, description="min seconds between weight publications")
+    # --- flow control --------------------------------------------------------
+    flow: Literal["sync", "async"] = Field("sync", description="sync: each actor acts one fragment on each weights "
+                                           "version and batches train at policy lag 0 (a few cores shared by actors "
+                                           "and learner); async: actors never wait, the lag is bounded by "
+                                           "max_policy_lag (many actor hosts, a GPU learner)")
+    round_deadline_s: float = Field(10.0, gt=0.0, le=600.0, description="sync: seconds a batch waits for an actor's "
+                                    "fragment of the round before it goes on without that actor until it sends again")
+    max_policy_lag: int = Field(50, ge=0, le=1_000_000, description="fragments acted on weights more than this many "
+                                "optimiser steps older than the learner's are dropped (counted as stale)")
+    publish_interval: float = Field(0.2, ge=0.0, le=3600.0, description="min seconds between weight publications "
+                                    "(sync: also at once whenever an actor waits for them)")
     prefetch: bool = Field(True, description="parallel data loading: assemble batches ahead of the optimiser")
     train_ahead: bool = Field(True, description="take each step's passes over older reused batches while the actors act, "
                               "before the new batch arrives: the same updates in the same order, overlapped with acting")
     prefetch_batches: int = Field(2, ge=1, le=64, description="batches assembled ahead of the optimiser")
     bf16: Literal["auto", "on", "off"] = Field(
         "auto", description="bf16 autocast of the learner's image model: auto = on GPUs and on CPUs with native bf16 "
-        "(AVX512-BF16 or AMX), where it trains 1.3-1.7x faster; vector models stay float32 (unclipped returns)")
-    learner_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads in the learner on CPU")
+        "(AVX512-BF16 or AMX) where a timed step is faster; models of unclipped rewards stay float32")
+    learner_threads: Optional[int] = Field(None, ge=1, le=256, description="torch intra-op threads in the learner on "
+                                           "CPU; null: sized by the learner's machine")
     compile: bool = Field(False, description="torch.compile the learner's forward and losses; on CUDA also replayed as "
                           "CUDA graphs (a GPU learner step is bound by its kernel launches); costs a compile at start")
     # --- fault tolerance ----------------------------------------------------
@@ -94,43 +150,84 @@ class RunConfig(BaseModel):
     checkpoint_every_updates: int = Field(0, ge=0, le=10_000_000, description="updates between checkpoints (0: off)")
     checkpoint_keep: int = Field(3, ge=1, le=100, description="newest checkpoints kept per run; older ones deleted")
     heartbeat_timeout_s: float = Field(15.0, ge=2.0, le=3600.0, description="a running run whose heartbeat is older is requeued to resume")
-    # --- stop conditions (any one ends the run) ---------------------------
+    # --- stop conditions (any one ends the run; none given: STEP_BUDGET) ---
     max_agent_steps: Optional[int] = Field(None, ge=1, description="stop after this many agent steps")
     max_seconds: Optional[float] = Field(None, gt=0.0, description="stop after this many seconds of training")
     target_return: Optional[float] = Field(None, description="stop when mean return of the last 100 episodes reaches this")
 
-    @field_validator("env_id")
+    @model_validator(mode="before")
     @classmethod
-    def _known_env(cls, v: str) -> str:
-        from shared.envs import is_registered
-
-        if not is_registered(v):
-            raise ValueError(f"unknown env id {v!r}: not registered in gymnasium (or ale-py)")
-        return v
+    def _family_preset(cls, data: Any) -> Any:
+        """The Atari preset under whatever an ALE run gives, and a step budget for a run
+        that names no stop condition: applied here, so the launcher, the CLI, the
+        dashboard and a bare POST /runs all get the same run from the same fields."""
+        if not isinstance(data, dict):
+            return data
+        env_id = data.get("env_id", cls.model_fields["env_id"].default)
+        atari = isinstance(env_id, str) and env_id.startswith(ATARI_PREFIX)
+        if atari:
+            data = {**ATARI_PRESET, **data}
+        if all(data.get(k) is None for k in STOP_FIELDS):
+            data = {**data, "max_agent_steps": STEP_BUDGET["atari" if atari else "other"]}
+        return data
 
     @model_validator(mode="after")
-    def _sizes_fit(self) -> "RunConfig":
+    def _consistent(self, info: ValidationInfo) -> "RunConfig":
         if self.batch_size < self.unroll_length:
-            raise ValueError("batch_size must be at least unroll_length (one env column)")
+            raise _refuse("batch_size", "batch_size must be at least unroll_length (one env column)", self.batch_size)
         if self.minibatches > self.unroll_length:
-            raise ValueError(f"minibatches ({self.minibatches}) exceeds unroll_length ({self.unroll_length}): "
-                             "each minibatch takes a share of every trajectory's steps")
-        if self.model in ("nature_cnn", "impala_resnet") and not self.env_id.startswith("ALE/"):
-            raise ValueError(f"model {self.model!r} needs an image env (ALE/...)")
-        self._schedule_valid()
-        self._fits_in_memory()
-        return self
-
-    def _schedule_valid(self) -> None:
+            raise _refuse("minibatches", f"minibatches ({self.minibatches}) exceeds unroll_length "
+                          f"({self.unroll_length}): each minibatch takes a share of every trajectory's steps",
+                          self.minibatches)
+        if self.latent_ae and self.model != "auto":
+            raise _refuse("model", "latent_ae replaces the encoder: leave model at auto, or set latent_ae false",
+                          self.model)
+        atari = self.env_id.startswith(ATARI_PREFIX)
+        if atari and self.env_kwargs:
+            raise _refuse("env_kwargs", "ALE ids take no env_kwargs: use sticky_actions, full_action_space and "
+                          "max_episode_frames", self.env_kwargs)
+        for name in ("sticky_actions", "full_action_space", "max_episode_frames"):
+            if not atari and getattr(self, name) is not None:
+                raise _refuse(name, f"{name} is an ALE option; {self.env_id} is not an ALE/ id", getattr(self, name))
         for name, top in (("lr_schedule", 1.0), ("entropy_schedule", 10.0)):
             schedule = getattr(self, name)
             steps = [s for s, _ in schedule]
             if any(s <= 0 for s in steps) or steps != sorted(set(steps)):
-                raise ValueError(f"{name} steps must be positive and strictly increasing")
+                raise _refuse(name, f"{name} steps must be positive and strictly increasing", schedule)
             if any(not 0.0 <= v <= top for _, v in schedule):
-                raise ValueError(f"{name} values must be in [0, {top:g}]")
+                raise _refuse(name, f"{name} values must be in [0, {top:g}]", schedule)
         if self.lr_schedule and self.lr_kl_target > 0:
-            raise ValueError("lr_schedule and lr_kl_target both set the learning rate: use one")
+            raise _refuse("lr_schedule", "lr_schedule and lr_kl_target both set the learning rate: use one",
+                          self.lr_schedule)
+        if (info.context or {}).get("stored"):
+            return self
+        from shared.envs import EnvRefused, env_spec
+        from shared.models import model_kind
+
+        try:
+            spec = env_spec(self)
+        except EnvRefused as e:
+            raise _refuse("env_id", str(e), self.env_id) from None
+        try:
+            model_kind(self, spec)
+        except ValueError as e:
+            raise _refuse("latent_ae" if self.latent_ae else "model", str(e), self.model) from None
+        self._fits_in_memory(int(np.prod(spec.obs_shape)))
+        return self
+
+    def _fits_in_memory(self, obs_values: int) -> None:
+        """Refuse sizes whose buffers would not fit in one process (rough upper estimate:
+        every observation held as float32, as the learner's model input)."""
+        step = max(4 * obs_values, 64)
+        held = (self.prefetch_batches + self.reuse + 2) * self.batch_columns * (self.unroll_length + 1) * step
+        gib = MAX_RUN_MEMORY_BYTES / 2**30
+        if held > MAX_RUN_MEMORY_BYTES:
+            raise _refuse("batch_size", f"batch_size x (prefetch_batches + reuse) would hold about "
+                          f"{held / 2**30:.0f} GiB of observations in the learner, over the {gib:.0f} GiB limit",
+                          self.batch_size)
+        if self.replay_capacity_mb * 2**20 > MAX_RUN_MEMORY_BYTES:
+            raise _refuse("replay_capacity_mb", f"replay_capacity_mb over the {gib:.0f} GiB per-process limit",
+                          self.replay_capacity_mb)
 
     def learning_rate_at(self, steps: float) -> float:
         """The scheduled learning rate after `steps` fresh agent steps were trained."""
@@ -143,17 +240,6 @@ class RunConfig(BaseModel):
         lets the policy sharpen."""
         return _piecewise_linear(self.entropy_coef, self.entropy_schedule, steps)
 
-    def _fits_in_memory(self) -> None:
-        """Refuse sizes whose buffers would not fit in one process (rough upper estimate)."""
-        step = _ATARI_STEP_BYTES if self.env_id.startswith("ALE/") else _VECTOR_STEP_BYTES
-        held = (self.prefetch_batches + self.reuse + 2) * self.batch_columns * (self.unroll_length + 1) * step
-        gib = MAX_RUN_MEMORY_BYTES / 2**30
-        if held > MAX_RUN_MEMORY_BYTES:
-            raise ValueError(f"batch_size x (prefetch_batches + reuse) would hold about {held / 2**30:.0f} GiB "
-                             f"of observations in the learner, over the {gib:.0f} GiB limit")
-        if self.replay_capacity_mb * 2**20 > MAX_RUN_MEMORY_BYTES:
-            raise ValueError(f"replay_capacity_mb over the {gib:.0f} GiB per-process limit")
-
     @property
     def batch_columns(self) -> int:
         """Env columns (B) per batch: batch_size / unroll_length, rounded up."""
@@ -163,6 +249,24 @@ class RunConfig(BaseModel):
     def passes_per_batch(self) -> int:
         """Passes each batch gets in all: `epochs` when it arrives, one in each later step it stays."""
         return self.epochs + self.reuse - 1
+
+    @property
+    def sized(self) -> bool:
+        """Whether the machine-dependent sizes are settled (`resolve_sizes`)."""
+        return None not in (self.num_actors, self.num_envs, self.learner_threads)
+
+    @property
+    def actor_wait(self) -> float:
+        """Seconds a paced actor waits for newer weights (0: async, never waits)."""
+        return self.round_deadline_s if self.flow == "sync" else 0.0
+
+    @property
+    def actor_lead(self) -> int:
+        return 1
+
+    @property
+    def family(self) -> str:
+        return "atari" if self.env_id.startswith(ATARI_PREFIX) else "other"
 
 
 class RunState(str, enum.Enum):
@@ -204,57 +308,48 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     return cfg
 
 
-def actor_cores(cfg: dict, cpus: Optional[int] = None) -> int:
+def actor_cores(cfg: RunConfig, cpus: Optional[int] = None) -> int:
     """The cores the actors may have: all of them where the learner idles while
     they act, else all but the learner's. The learner idles when actors and
-    learner take turns: paced actors (actor_wait > 0) act one fragment ahead
-    (actor_lead 1) on the newest weights, and the learner has no older batches
-    to train on meanwhile (reuse 1, or train_ahead off), as in the Pong preset
-    with 4 epochs and no reuse. On the 2-core Zen 3 VM that preset sampled
-    107,520 agent steps in 3 minutes with 2 actors x 4 envs against 86,016
-    with 1 x 8, both at policy lag 0 (docs/benchmarks.md, "Epochs instead of
-    reuse")."""
+    learner take turns: sync flow, with no older batches to train on meanwhile
+    (reuse 1, or train_ahead off), as in the Atari preset with 4 epochs and no
+    reuse. There 2 actors x 4 envs sampled a quarter more Pong steps than 1 x 8
+    on 2 cores, both at policy lag 0 (docs/decisions.md)."""
     cpus = cpus or os.cpu_count() or 2
-    fields = RunConfig.model_fields
-    value = {k: cfg.get(k, fields[k].default) for k in ("actor_wait", "actor_lead", "reuse", "train_ahead")}
-    paced = value["actor_wait"] > 0 and value["actor_lead"] == 1
-    nothing_ahead = value["reuse"] == 1 or not value["train_ahead"]
-    return cpus if paced and nothing_ahead else max(1, cpus - 1)
+    nothing_ahead = cfg.reuse == 1 or not cfg.train_ahead
+    return cpus if cfg.flow == "sync" and nothing_ahead else max(1, cpus - 1)
 
 
-def auto_size(cfg: dict, cpus: Optional[int] = None, devices: Optional[int] = None) -> dict:
-    """Fill in the sizes that depend on the machine, where the config leaves them out.
+def resolve_sizes(cfg: RunConfig, cpus: Optional[int] = None, devices: Optional[int] = None) -> RunConfig:
+    """The config with its machine-dependent sizes settled for the machine this runs on
+    (the learner's, which calls it when it claims a run), where the config leaves them
+    null. Sizes a run gives are kept.
 
-    num_actors and num_envs, when the config gives its batch (batch_size and
-    unroll_length) but neither of them: as many actors as the actors have
-    cores (`actor_cores`), up to one per env column of the batch, each with an
-    equal share of those columns (a multiple of the learner's `devices`, which
-    each take an equal share of every fragment). One round of fragments, one
-    from each actor, is then exactly one batch: with actor_lead 1 the actors
-    act together on the newest weights and every batch trains at policy lag
-    0; on 2 cores this gives the Pong preset 2 actors x 4 envs. Why: on 16
-    cores the rule below gave that preset 15 actors of 8 envs against
-    batches of one fragment; they sampled twice what the learner trained,
-    half was dropped as stale and the rest trained up to 192 updates old
-    (docs/benchmarks.md, "On a lent GPU machine"); here it gives 8 x 1.
-    Otherwise num_actors is one actor process per core the actors have.
-    learner_threads: about half the cores; on the 2-core machine 2 threads
-    train 10 % faster than 1 in the whole stack even though they share a core
-    with the actor (bench/results/throughput-t2.json)."""
+    num_actors and num_envs, when neither is given: as many actors as the actors
+    have cores (`actor_cores`), up to one per env column of the batch, each with an
+    equal share of those columns (a multiple of the learner's `devices`, which each
+    take an equal share of every fragment). One round of fragments, one from each
+    actor, is then exactly one batch: in sync flow the actors act together on the
+    newest weights and every batch trains at policy lag 0 (2 actors x 4 envs for
+    the Atari preset on 2 cores, 8 x 1 on 16). With num_actors given, each actor gets
+    enough envs for a round to fill a batch; with num_envs given, one actor per core
+    the actors have. learner_threads: about half the cores."""
     cpus = cpus or os.cpu_count() or 2
     if devices is None:
         devices = _learner_devices()
     cores = actor_cores(cfg, cpus)
-    if "num_envs" not in cfg and {"batch_size", "unroll_length"} <= cfg.keys():
-        columns = max(1, cfg["batch_size"] // cfg["unroll_length"])
-        if "num_actors" not in cfg:
+    num_actors, num_envs = cfg.num_actors, cfg.num_envs
+    if num_envs is None:
+        columns = cfg.batch_columns
+        if num_actors is None:
             fits = [a for a in range(1, columns + 1) if columns % a == 0 and (columns // a) % devices == 0]
-            cfg["num_actors"] = max([a for a in fits if a <= cores] or [1])
-        share = -(-columns // cfg["num_actors"])  # a round of fragments fills at least one batch
-        cfg["num_envs"] = -(-share // devices) * devices
-    cfg.setdefault("num_actors", cores)
-    cfg.setdefault("learner_threads", max(1, min(8, cpus // 2 + 1)))
-    return cfg
+            num_actors = max([a for a in fits if a <= cores] or [1])
+        share = -(-columns // num_actors)  # a round of fragments fills at least one batch
+        num_envs = min(MAX_ENVS_PER_ACTOR, -(-share // devices) * devices)
+    if num_actors is None:
+        num_actors = cores
+    threads = cfg.learner_threads or max(1, min(8, cpus // 2 + 1))
+    return cfg.model_copy(update={"num_actors": num_actors, "num_envs": num_envs, "learner_threads": threads})
 
 
 def _learner_devices() -> int:

@@ -30,13 +30,46 @@ class MLPEncoder(nn.Module):
         return self.net(x.flatten(1))
 
 
+def _flat_size(conv: nn.Module, obs_shape: tuple[int, ...]) -> int:
+    """Features a conv stack makes of one observation of obs_shape (C, H, W): the
+    fully connected layer after it is sized from the observation, not from 84x84."""
+    with torch.no_grad():
+        return int(conv(torch.zeros(1, *obs_shape)).numel())
+
+
 class NatureCNN(nn.Module):
-    def __init__(self, in_ch: int, hidden: int = 512):
+    """Mnih et al. 2015: 8x8/4, 4x4/2, 3x3/1 convolutions and a 512 layer; frames of 36x36 or more."""
+
+    MIN_SIDE = 36
+
+    def __init__(self, obs_shape: tuple[int, ...], hidden: int = 512):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(in_ch, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(obs_shape[0], 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
             nn.Conv2d(64, 64, 3, stride=1), nn.Flatten(), nn.ReLU())  # ReLU after Flatten: see LatentAE
-        self.fc = nn.Sequential(nn.Linear(64 * 7 * 7, hidden), nn.ReLU())
+        self.fc = nn.Sequential(nn.Linear(_flat_size(self.conv, obs_shape), hidden), nn.ReLU())
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x))
+
+
+class SmallCNN(nn.Module):
+    """For images below the Nature CNN's 36x36 (a 10x5 grid world): three 3x3
+    convolutions (16, 32, 32 channels, padding 1), each of stride 2 while both
+    sides are still 12 or more, else 1, so small frames keep every pixel and
+    larger ones end near 8x8; then a layer of `hidden`."""
+
+    def __init__(self, obs_shape: tuple[int, ...], hidden: int = 256):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c, h, w = obs_shape
+        for ch in (16, 32, 32):
+            stride = 2 if min(h, w) >= 12 else 1
+            layers += [nn.Conv2d(c, ch, 3, stride=stride, padding=1), nn.ReLU()]
+            c, h, w = ch, (h - 1) // stride + 1, (w - 1) // stride + 1
+        self.conv = nn.Sequential(*layers[:-1], nn.Flatten(), nn.ReLU())  # ReLU after Flatten: see LatentAE
+        self.fc = nn.Sequential(nn.Linear(_flat_size(self.conv, obs_shape), hidden), nn.ReLU())
         self.out_dim = hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,15 +86,16 @@ class _ResBlock(nn.Module):
 
 
 class ImpalaResNet(nn.Module):
-    def __init__(self, in_ch: int, hidden: int = 256, channels: tuple[int, ...] = (16, 32, 32)):
+    def __init__(self, obs_shape: tuple[int, ...], hidden: int = 256, channels: tuple[int, ...] = (16, 32, 32)):
         super().__init__()
         layers: list[nn.Module] = []
+        in_ch = obs_shape[0]
         for ch in channels:
             layers += [nn.Conv2d(in_ch, ch, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1),
                        _ResBlock(ch), _ResBlock(ch)]
             in_ch = ch
         self.conv = nn.Sequential(*layers, nn.Flatten(), nn.ReLU())  # ReLU after Flatten: see LatentAE
-        self.fc = nn.Sequential(nn.Linear(channels[-1] * 11 * 11, hidden), nn.ReLU())
+        self.fc = nn.Sequential(nn.Linear(_flat_size(self.conv, obs_shape), hidden), nn.ReLU())
         self.out_dim = hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,6 +145,8 @@ class LatentAE(nn.Module):
         self.dec_fc = nn.Linear(latent_dim, c2 * 9 * 9)
         self.dec = nn.Sequential(nn.ReLU(), UpConv(c2, c1, 2), nn.ReLU(), UpConv(c1, in_ch, 4))
         self.out_dim, self.c2 = latent_dim, c2
+
+    SIDE = 84  # the frame side its strides and decoder are built for (84 -> 20 -> 9)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.enc(x)
@@ -168,24 +204,53 @@ class ActorCritic(nn.Module):
         return self.policy(z), self.value(zv).squeeze(-1), recon
 
 
+IMAGE_MODELS = ("nature_cnn", "small_cnn", "impala_resnet")
+
+
+def model_kind(cfg: RunConfig, spec: EnvSpec) -> str:
+    """The encoder a run gets. auto: an MLP for vectors; for images the Nature CNN
+    where the frames are 36x36 or larger, else the small CNN. Raises ValueError
+    (a 422 at the gateway) where the config asks for a model the observations
+    cannot feed."""
+    if not spec.image:
+        if cfg.model not in ("auto", "mlp"):
+            raise ValueError(f"model {cfg.model!r} needs image observations; this env's are vectors "
+                             f"of shape {spec.obs_shape}")
+        if cfg.latent_ae:
+            raise ValueError("latent_ae needs image observations")
+        return "mlp"
+    side = min(spec.obs_shape[1:])
+    if cfg.latent_ae and tuple(spec.obs_shape[1:]) != (LatentAE.SIDE, LatentAE.SIDE):
+        raise ValueError(f"latent_ae needs {LatentAE.SIDE}x{LatentAE.SIDE} frames (ALE); this env's are "
+                         f"{spec.obs_shape[1]}x{spec.obs_shape[2]}")
+    kind = cfg.model
+    if kind == "auto":
+        kind = "nature_cnn" if side >= NatureCNN.MIN_SIDE else "small_cnn"
+    if kind == "mlp":
+        raise ValueError("model 'mlp' is for vector observations; this env's are images (use auto)")
+    if kind == "nature_cnn" and side < NatureCNN.MIN_SIDE:
+        raise ValueError(f"model 'nature_cnn' needs frames of at least {NatureCNN.MIN_SIDE}x{NatureCNN.MIN_SIDE}; "
+                         f"this env's are {spec.obs_shape[1]}x{spec.obs_shape[2]} (use auto or small_cnn)")
+    return kind
+
+
 def build_model(cfg: RunConfig, spec: EnvSpec) -> ActorCritic:
     """The one place a config and an env spec become a network."""
-    image = len(spec.obs_shape) == 3
+    kind = model_kind(cfg, spec)
     in_dim = int(np.prod(spec.obs_shape))
-    kind = cfg.model if cfg.model != "auto" else ("nature_cnn" if image else "mlp")
-    if not image and kind != "mlp":
-        raise ValueError(f"model {kind!r} needs image observations")
-    if image and cfg.latent_ae:
+    if spec.image and cfg.latent_ae:
         enc: nn.Module = LatentAE(spec.obs_shape[0], cfg.latent_dim, cfg.ae_channels)
     elif kind == "mlp":
         enc = MLPEncoder(in_dim, cfg.hidden_size)
     elif kind == "nature_cnn":
-        enc = NatureCNN(spec.obs_shape[0])
+        enc = NatureCNN(spec.obs_shape)
+    elif kind == "small_cnn":
+        enc = SmallCNN(spec.obs_shape)
     else:
-        enc = ImpalaResNet(spec.obs_shape[0])
-    value_enc = MLPEncoder(in_dim, cfg.hidden_size) if kind == "mlp" and not image else None
-    model = ActorCritic(enc, spec.num_actions, image, value_enc)
-    if image:
+        enc = ImpalaResNet(spec.obs_shape)
+    value_enc = MLPEncoder(in_dim, cfg.hidden_size) if kind == "mlp" else None
+    model = ActorCritic(enc, spec.num_actions, spec.image, value_enc)
+    if spec.image:
         init_weights(model)
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -26,7 +26,7 @@ async def run_to_end(stack, **config) -> tuple[dict, list[dict]]:
     """One CartPole run of the one actor, 8 envs x 16 steps per fragment, actor_lead 1,
     and weights held back for 60 s by the interval: (final view, metrics series)."""
     config = {"env_id": "CartPole-v1", "num_actors": 1, "num_envs": 8, "unroll_length": 16, "reuse": 1,
-              "actor_lead": 1, "publish_interval": 60.0, **config}
+              "publish_interval": 60.0, **config}
     async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
         await gw.wait_ready()
         run = await gw.start_run(config)
@@ -40,7 +40,7 @@ async def test_actor_lead_1_runs_at_policy_lag_0(one_actor_stack):
     # One fragment is one batch; the interval would hold every publication back for
     # 60 s, and an actor that timed out would wait 30 s each time: 12 fragments take
     # seconds, timing out on each would take 360 s.
-    final, points = await run_to_end(one_actor_stack, batch_size=128, actor_wait=30.0, max_agent_steps=128 * 12)
+    final, points = await run_to_end(one_actor_stack, batch_size=128, round_deadline_s=30.0, max_agent_steps=128 * 12)
     trained = [p for p in points if p.get("updates", 0) > 0 and p.get("policy_lag") is not None]
     assert trained, points
     assert max(p["policy_lag"] for p in trained) == 0, [p["policy_lag"] for p in trained]
@@ -54,7 +54,7 @@ async def test_a_batch_of_two_fragments_from_one_actor_needs_no_timeout(one_acto
     # before its second: the learner says it holds that fragment and is short of data,
     # so the actor acts the second at once. Waiting out actor_wait (30 s) on each of
     # the 4 batches instead would take longer than the run is given.
-    final, points = await run_to_end(one_actor_stack, batch_size=256, actor_wait=30.0, max_agent_steps=128 * 8)
+    final, points = await run_to_end(one_actor_stack, batch_size=256, round_deadline_s=30.0, max_agent_steps=128 * 8)
     counters = final["counters"]
     assert counters["fresh_batches"] >= 4 and counters["actor_wait_timeouts"] == 0, counters
     assert counters.get("lagged_batches", 0) == 0, counters
@@ -63,7 +63,7 @@ async def test_a_batch_of_two_fragments_from_one_actor_needs_no_timeout(one_acto
 async def test_waits_that_run_out_are_counted(one_actor_stack):
     # A 1 ms bound runs out before any learner step can publish, so most fragments
     # are acted ahead; each such wait is counted, so a run off lag 0 says why.
-    final, _ = await run_to_end(one_actor_stack, batch_size=128, actor_wait=0.001, max_agent_steps=128 * 8)
+    final, _ = await run_to_end(one_actor_stack, batch_size=128, round_deadline_s=0.001, max_agent_steps=128 * 8)
     counters = final["counters"]
     assert counters["fresh_batches"] >= 1 and counters["actor_wait_timeouts"] >= 1, counters
 
@@ -75,7 +75,7 @@ async def test_a_fragment_over_the_brokers_max_payload_arrives_in_parts(one_acto
     # sampled 200k steps and trained none). Now the actor sends each fragment as
     # parts of fewer envs, which the learner assembles into its batch.
     final, _ = await run_to_end(one_actor_stack, num_envs=128, unroll_length=512, batch_size=65536,
-                                actor_wait=30.0, max_agent_steps=65536 * 2)
+                                round_deadline_s=30.0, max_agent_steps=65536 * 2)
     counters = final["counters"]
     assert counters.get("fresh_batches", 0) >= 2, counters
     assert counters["fresh_fragments"] >= 2 * counters["fresh_batches"], counters  # parts, not whole fragments
@@ -97,7 +97,7 @@ async def test_two_actors_sharing_each_batch_wait_for_each_other_at_policy_lag_0
     # (once per stall here; on Pong 22 of 87 batches in 3 minutes). Now the batch waits
     # for every actor of the round, and each actor waits only for its own fragments.
     config = {"env_id": "CartPole-v1", "num_envs": 4, "unroll_length": 16, "batch_size": 128, "reuse": 1,
-              "actor_lead": 1, "actor_wait": 30.0, "publish_interval": 60.0, "max_seconds": 15.0}
+              "round_deadline_s": 30.0, "publish_interval": 60.0, "max_seconds": 15.0}
     slow = two_actor_stack.procs["actor-1"].pid
     async with GatewayClient(two_actor_stack.gateway_url, two_actor_stack.api_token) as gw:
         await gw.wait_ready()

@@ -2,6 +2,7 @@
 publication and checkpoint runs. A trainer built on the event-loop thread
 left a second OpenMP team behind, and with more OpenMP threads than cores
 libgomp stopped spinning between ops: Pong steps about a quarter slower."""
+import asyncio
 import threading
 import types
 
@@ -20,10 +21,12 @@ def test_trainer_is_built_on_the_training_thread(monkeypatch, tmp_path):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(learner_mod, "Trainer", spy)
-    host = types.SimpleNamespace(nc=None, assets=None, checkpoint_dir=tmp_path, device=torch.device("cpu"))
+    host = types.SimpleNamespace(nc=None, assets=None, checkpoint_dir=tmp_path, device=torch.device("cpu"),
+                                 devices=["cpu"])
     threads = torch.get_num_threads()
     try:
-        session = learner_mod.RunSession(host, RunRecord(id="thread-check", config=RunConfig(env_id="CartPole-v1")))
+        rec = RunRecord(id="thread-check", config=RunConfig(env_id="CartPole-v1"))
+        session = asyncio.run(learner_mod.RunSession.start(host, rec))
         steps_on = session.train_pool.submit(lambda: threading.current_thread().name).result()
     finally:
         torch.set_num_threads(threads)

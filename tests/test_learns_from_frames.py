@@ -30,8 +30,9 @@ def frames_with_markers(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]
 
 def test_pong_preset_model_learns_an_action_from_the_newest_frame():
     torch.manual_seed(0)
-    preset = json.loads((ROOT / "configs" / "pong.json").read_text())
-    cfg = RunConfig(**(preset | {"unroll_length": T, "batch_size": T * B, "minibatches": min(preset["minibatches"], T)}))
+    preset = RunConfig(**json.loads((ROOT / "configs" / "pong.json").read_text()))
+    cfg = RunConfig(**(preset.model_dump() | {"unroll_length": T, "batch_size": T * B,
+                                               "minibatches": min(preset.minibatches, T)}))
     trainer = Trainer(cfg, EnvSpec((4, 84, 84), "uint8", 6, frame_stack=4, clip_rewards=True))
     g = torch.Generator().manual_seed(1)
     accuracy = []

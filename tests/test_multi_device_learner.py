@@ -24,7 +24,7 @@ async def test_two_rank_learner_trains_cartpole(tmp_path):
         wait_port(stack.gateway_port, timeout=60)
         config = json.loads((ROOT / "configs" / "cartpole.json").read_text())
         # Waits that ran out would take 30 s each: the run would not end in time.
-        config.update(max_agent_steps=40_000, target_return=None, actor_wait=30.0)
+        config.update(max_agent_steps=40_000, target_return=None, round_deadline_s=30.0, num_actors=2, num_envs=8)
         async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
             await gw.wait_ready()
             run = await gw.start_run(config)
@@ -38,7 +38,7 @@ async def test_two_rank_learner_trains_cartpole(tmp_path):
     # buffer gives 1, 2, 3, 4, 4, ... updates per step: 4 n - 6 after n >= 3 steps, and both ranks
     # train the next step's 3 passes over older batches ahead after the last one (train_ahead),
     # their gradients all-reduced in step: 4 n - 3.
-    per_step = config["unroll_length"] * config["num_envs"] * 2
+    per_step = final["config"]["unroll_length"] * final["config"]["num_envs"] * 2
     assert final["trained_steps"] % per_step == 0
     n = final["trained_steps"] // per_step
     assert n >= 3 and final["updates"] == 4 * n - 3, (n, final["updates"])

@@ -25,7 +25,7 @@ def fragment(i: int, version: int = 0, run: str = "r1", actor: str = "a", seq: i
 
 
 def make(counters, **kw) -> Prefetcher:
-    cfg = RunConfig(num_envs=N, unroll_length=T, batch_size=2 * N * T, prefetch_batches=2, max_policy_lag=5)
+    cfg = RunConfig(num_actors=1, num_envs=N, unroll_length=T, batch_size=2 * N * T, prefetch_batches=2, max_policy_lag=5)
     return Prefetcher(cfg, SPEC, "r1", torch.device("cpu"), lambda: 0, counters, **kw)
 
 
@@ -93,7 +93,7 @@ async def test_bad_foreign_and_stale_fragments_are_dropped_and_counted():
 async def test_fragments_larger_than_a_batch_are_split_without_loss():
     """Batches of 3 columns from fragments of 4: every column trained once, in order."""
     counters = Counters()
-    cfg = RunConfig(num_envs=N, unroll_length=T, batch_size=3 * T, prefetch_batches=2)
+    cfg = RunConfig(num_actors=1, num_envs=N, unroll_length=T, batch_size=3 * T, prefetch_batches=2)
     p = Prefetcher(cfg, SPEC, "r1", torch.device("cpu"), lambda: 0, counters, fresh_capacity=100)
     for i in range(3):
         p.offer(fragment(i))
@@ -133,7 +133,7 @@ async def test_each_rank_takes_its_share_of_every_fragment():
     actors wait for the step that needs both); together they hold the columns one
     rank alone would, each once, and each rank's pending count is in fragments."""
     counters = Counters()
-    cfg = RunConfig(num_envs=N, unroll_length=T, batch_size=2 * N * T, prefetch_batches=2)
+    cfg = RunConfig(num_actors=1, num_envs=N, unroll_length=T, batch_size=2 * N * T, prefetch_batches=2)
     whole = Prefetcher(cfg, SPEC, "r1", torch.device("cpu"), lambda: 0, counters)
     ranks = [Prefetcher(cfg, SPEC, "r1", torch.device("cpu"), lambda: 0, counters, columns=N, share=(r, 2))
              for r in (0, 1)]
@@ -193,7 +193,7 @@ async def test_at_the_start_no_actor_is_let_go_before_the_configured_actors_are_
     after that, before the actor's own wait runs out, a run with fewer actors than
     configured goes on."""
     clock = [1000.0]
-    p = Prefetcher(RunConfig(num_envs=N, unroll_length=T, batch_size=2 * N * T, num_actors=2, actor_wait=10.0),
+    p = Prefetcher(RunConfig(num_envs=N, unroll_length=T, batch_size=2 * N * T, num_actors=2, round_deadline_s=10.0),
                    SPEC, "r1", torch.device("cpu"), lambda: 0, Counters())
     p.clock = lambda: clock[0]
     p.offer(fragment(0, actor="a", seq=1))

@@ -166,7 +166,7 @@ def test_frame_input_is_built_once_per_batch_and_matches_the_stacks(bf16):
     Ti, Bi = 4, 2
     cfg = RunConfig(env_id="ALE/Pong-v5", unroll_length=Ti, batch_size=Ti * Bi, reuse=2, minibatches=2,
                     latent_ae=True, bf16=bf16)
-    tr = Trainer(cfg, env_spec(cfg.env_id))
+    tr = Trainer(cfg, env_spec(cfg))
     dtype = torch.bfloat16 if bf16 == "on" else torch.float32
     assert tr.autocast == (bf16 == "on") and tr.input_dtype == dtype
 

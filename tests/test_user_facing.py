@@ -223,12 +223,15 @@ def test_dashboard_start_watch_stop(stack, solved, browser):
     d.get(stack.dashboard_url)  # ?token= is stored in localStorage, then dropped from the address
     row = wait_for(lambda: text(d, f'tr[data-run="{solved["id"]}"]'), 60, "the runs table")
     assert "finished" in row and "CartPole-v1" in row
-    wait_for(lambda: "num_envs" in d.execute_script("return document.getElementById('extra').value"), 30,
+    wait_for(lambda: d.find_element(By.ID, "max_seconds").get_attribute("value") == "300", 30,
              "the preset to fill the form")
     assert d.find_element(By.ID, "env_id").get_attribute("value") == "CartPole-v1"
     d.find_element(By.ID, "target_return").clear()  # run until stopped
     d.find_element(By.ID, "start-button").click()
-    wait_for(lambda: "/run/run-" in d.current_url, 30, "the new run's page")
+    try:
+        wait_for(lambda: "/run/run-" in d.current_url, 30, "the new run's page")
+    except AssertionError:
+        raise AssertionError(f"no run page; the dashboard says: {text(d, '#error')!r}") from None
     run_id = d.current_url.rsplit("/", 1)[1]
     grew = [data_points(d, "return-steps")]
 

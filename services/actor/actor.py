@@ -45,7 +45,7 @@ class Rollout:
         # (753 against 743 agent steps/s, docs/benchmarks.md), so the rule stays.
         # (torch's thread count is per process: one Rollout per actor process.)
         torch.set_num_threads(env_threads)
-        self.env = VectorEnv(cfg.env_id, cfg.num_envs, seed, num_threads=env_threads)
+        self.env = VectorEnv(cfg, cfg.num_envs, seed, num_threads=env_threads)
         self.spec = self.env.spec
         self.model: ActorCritic = build_model(cfg, self.spec).eval()
         self.version = -1

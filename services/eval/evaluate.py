@@ -4,8 +4,10 @@ and record one episode as a GIF.
 The checkpoint loads with torch.load(weights_only=True) (tensors and plain
 values only); its "config" rebuilds the very network the learner trained.
 Scoring uses the same vector env as the actors (same preprocessing, raw
-returns); the recorded episode uses Gymnasium's rgb_array renderer, or the
-newest 84x84 frame for Atari ids, whose vector env renders no RGB.
+returns). The recorded episode shows what the policy saw where the env's
+observations are images (the newest 84x84 frame for Atari ids, whose vector
+env renders no RGB), and Gymnasium's rgb_array rendering otherwise (none if
+the env cannot render).
 """
 from __future__ import annotations
 
@@ -14,12 +16,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from shared.config import RunConfig
-from shared.envs import VectorEnv, env_spec, is_atari
+from shared.envs import EnvRefused, VectorEnv, env_spec
 from shared.models import ActorCritic, build_model
 
 Policy = Callable[[np.ndarray], int]
@@ -28,8 +29,8 @@ GIF_FRAME_MS = 33
 
 def load_model(path: str | Path) -> tuple[ActorCritic, RunConfig]:
     ckpt = torch.load(Path(path), weights_only=True, map_location="cpu")
-    cfg = RunConfig(**ckpt["config"])
-    model = build_model(cfg, env_spec(cfg.env_id))
+    cfg = RunConfig.model_validate(ckpt["config"], context={"stored": True})
+    model = build_model(cfg, env_spec(cfg))
     model.load_state_dict(ckpt["model"])
     return model.eval(), cfg
 
@@ -48,9 +49,9 @@ def make_policy(model: ActorCritic, greedy: bool, seed: int) -> Policy:
     return act
 
 
-def play_scored(env_id: str, policy: Policy, episodes: int, seed: int) -> list[tuple[float, int]]:
+def play_scored(cfg: RunConfig, policy: Policy, episodes: int, seed: int) -> list[tuple[float, int]]:
     """(raw return, length) of `episodes` episodes in the actors' vector env."""
-    env = VectorEnv(env_id, 1, seed, num_threads=1)
+    env = VectorEnv(cfg, 1, seed, num_threads=1)
     out: list[tuple[float, int]] = []
     try:
         obs = env.reset()
@@ -66,34 +67,37 @@ def play_scored(env_id: str, policy: Policy, episodes: int, seed: int) -> list[t
     return out
 
 
-def play_recorded(env_id: str, policy: Policy, seed: int) -> tuple[list[np.ndarray], float, int]:
-    """One episode's frames, return and length: Gymnasium renders the frame after reset and one
-    after each step (length + 1 frames); Atari records its 84x84 input before each step (length)."""
-    if is_atari(env_id):  # the frame the policy saw before each step
-        env = VectorEnv(env_id, 1, seed, num_threads=1)
-        obs = env.reset()
-        frames, ret, length = [], 0.0, 0
-        try:
-            while True:
-                frames.append(obs[0, -1].copy())
-                obs, rew, term, trunc, _ = env.step(np.array([policy(obs[0])]))
-                ret, length = ret + float(rew[0]), length + 1
-                if term[0] or trunc[0]:
-                    return frames, ret, length
-        finally:
-            env.close()
-    genv = gym.make(env_id, render_mode="rgb_array")
+def as_picture(obs: np.ndarray, frame_stack: int) -> np.ndarray:
+    """An image observation (C, H, W) as a picture: the newest frame of a stack, or
+    the channels as gray / RGB(A)."""
+    if frame_stack:
+        return obs[-1]
+    return obs[0] if obs.shape[0] == 1 else np.moveaxis(obs[:3], 0, -1)
+
+
+def play_recorded(cfg: RunConfig, policy: Policy, seed: int) -> tuple[list[np.ndarray], float, int]:
+    """One episode's frames, return and length. Image envs record the observation the
+    policy saw before each step (length frames); other envs Gymnasium's rendering
+    after reset and after each step (length + 1). Raises EnvRefused if neither exists."""
+    spec = env_spec(cfg)
+    env = VectorEnv(cfg, 1, seed, num_threads=1, render=not spec.image)
     try:
-        obs, _ = genv.reset(seed=seed)
-        frames, ret, length = [genv.render()], 0.0, 0
+        obs = env.reset()
+        frames = [] if spec.image else [env.render()]
+        if not spec.image and frames[0] is None:
+            raise EnvRefused(f"{cfg.env_id} renders no rgb_array frames: no video")
+        ret, length = 0.0, 0
         while True:
-            obs, rew, term, trunc, _ = genv.step(policy(np.asarray(obs, np.float32)))
-            frames.append(genv.render())
-            ret, length = ret + float(rew), length + 1
-            if term or trunc:
+            if spec.image:
+                frames.append(as_picture(obs[0], spec.frame_stack))
+            obs, rew, term, trunc, _ = env.step(np.array([policy(obs[0])]))
+            ret, length = ret + float(rew[0]), length + 1
+            if not spec.image:
+                frames.append(env.render())
+            if term[0] or trunc[0]:
                 return frames, ret, length
     finally:
-        genv.close()
+        env.close()
 
 
 def write_gif(frames: list[np.ndarray], path: Path, max_side: int = 320) -> int:
@@ -122,7 +126,7 @@ def evaluate(checkpoint: str | Path, episodes: int = 10, greedy: bool = True, se
     model, cfg = load_model(checkpoint)
     torch.set_num_threads(1)
     policy = make_policy(model, greedy, seed)
-    played = play_scored(cfg.env_id, policy, episodes, seed)
+    played = play_scored(cfg, policy, episodes, seed)
     returns = np.array([r for r, _ in played], np.float64)
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint), "env_id": cfg.env_id, "episodes": episodes, "greedy": greedy,
@@ -130,9 +134,12 @@ def evaluate(checkpoint: str | Path, episodes: int = 10, greedy: bool = True, se
         "min_return": float(returns.min()), "max_return": float(returns.max()),
         "returns": returns.tolist(), "lengths": [n for _, n in played]}
     if video is not None:
-        frames, ret, length = play_recorded(cfg.env_id, policy, seed)
-        result.update(video=str(video), video_frames=write_gif(frames, Path(video)),
-                      video_return=ret, video_length=length)
+        try:
+            frames, ret, length = play_recorded(cfg, policy, seed)
+            result.update(video=str(video), video_frames=write_gif(frames, Path(video)),
+                          video_return=ret, video_length=length)
+        except EnvRefused as e:
+            result["video_error"] = str(e)
     result["seconds"] = time.time() - t0
     return result
 

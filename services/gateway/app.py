@@ -32,7 +32,7 @@ from services.gateway.evals import EvalJobs
 from services.gateway.logs import MetricsLogs
 from services.gateway.metrics_cache import MetricsCache
 from shared import bus, runs
-from shared.config import ACTIVE_STATES, RunConfig, RunRecord, RunState, auto_size
+from shared.config import ACTIVE_STATES, RunConfig, RunRecord, RunState
 
 API_TOKEN_ENV = "RL_API_TOKEN"
 WATCH_S = 2.0
@@ -261,9 +261,10 @@ def create_app(nats_url: Optional[str] = None, api_token: Optional[str] = None,
 
     @app.get("/presets")
     async def presets() -> dict[str, dict]:
-        """The run configs in configs/*.json, by file stem: what the dashboard's form starts
-        from; sized to this machine as the launcher sizes them (auto_size)."""
-        return {p.stem: auto_size(json.loads(p.read_text())) for p in sorted(PRESETS.glob("*.json"))}
+        """The named runs in configs/*.json, by file stem: what the dashboard's form starts
+        from. Only their own fields: the rest comes from the defaults or the env's family
+        preset when the run is posted, and the sizes from the learner that trains it."""
+        return {p.stem: json.loads(p.read_text()) for p in sorted(PRESETS.glob("*.json"))}
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> FileResponse:

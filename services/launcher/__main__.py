@@ -15,13 +15,16 @@ from pathlib import Path
 
 from services.launcher.stack import ROOT, Stack
 from shared.client import GatewayClient
-from shared.config import actor_cores, apply_overrides, auto_size
+from shared.config import STOP_FIELDS, RunConfig, actor_cores, apply_overrides, resolve_sizes
 
+# Named runs: an env's stop condition (configs/*.json). Every field they leave out comes
+# from RunConfig's defaults, or for ALE ids from the Atari preset (shared/config.py).
 PRESETS = {"CartPole-v1": "cartpole.json", "ALE/Pong-v5": "pong.json"}
 
 
 def build_config(args: argparse.Namespace) -> dict:
-    """Preset for the env (configs/*.json) < --config file < --set overrides; actors auto-sized."""
+    """The run's fields: the env's named run (configs/*.json) < --config file < --set
+    overrides. Sizes it leaves out are settled by the learner for its machine."""
     cfg: dict = {}
     preset = PRESETS.get(args.env)
     if preset:
@@ -32,7 +35,16 @@ def build_config(args: argparse.Namespace) -> dict:
     apply_overrides(cfg, args.set)
     if args.actors is not None:
         cfg["num_actors"] = args.actors
-    return auto_size(cfg)
+    return cfg
+
+
+def describe(config: dict, run: RunConfig) -> str:
+    """What a run will do that its fields did not say: its sizes, and the step budget
+    of a run given no stop condition."""
+    said = f"{run.num_actors} actors x {run.num_envs} envs, {run.flow} flow"
+    if all(config.get(k) is None for k in STOP_FIELDS):
+        said += f"; no stop condition given: it stops after {run.max_agent_steps:,} agent steps"
+    return said
 
 
 def progress_line(v: dict) -> str:
@@ -62,11 +74,13 @@ async def follow(stack: Stack, config: dict, timeout: float) -> dict:
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     """The run-config flags build_config reads; shared with the CLI's train."""
-    p.add_argument("--env", default="CartPole-v1", help="env id; configs/ has presets for CartPole-v1, ALE/Pong-v5")
+    p.add_argument("--env", default="CartPole-v1", help="env id: any Gymnasium id, any ALE/<Game>-v5 (the Atari "
+                   "preset), or module:EnvId for your own env; configs/ names CartPole-v1's and ALE/Pong-v5's "
+                   "stop conditions")
     p.add_argument("--config", default=None, help="JSON file with RunConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config field")
     p.add_argument("--actors", type=int, default=None,
-                   help="actor processes (default: the preset's, else sized to the cores by auto_size)")
+                   help="actor processes (default: sized to this machine's cores: resolve_sizes in shared/config.py)")
 
 
 def main() -> None:
@@ -76,11 +90,16 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=24 * 3600, help="give up after this many seconds")
     args = p.parse_args()
     config = build_config(args)
+    try:
+        sized = resolve_sizes(RunConfig(**config))  # as the learner, on this same machine, will size it
+    except ValueError as e:
+        p.error(str(e))
+    print(describe(config, sized), flush=True)
     run_dir = Path(args.run_dir or ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S"))
     stack = Stack(run_dir)
     print(f"run dir {run_dir}; logs in {stack.logs}", flush=True)
     try:
-        stack.start_all(actors=config["num_actors"], cores=actor_cores(config))
+        stack.start_all(actors=sized.num_actors, cores=actor_cores(sized))
         print(f"nats {stack.nats_url.split('@')[-1]} | gateway {stack.gateway_url} (docs at /docs) | "
               f"API token {stack.api_token}", flush=True)
         print(f"dashboard {stack.dashboard_url} | TensorBoard: tensorboard --logdir {stack.tb_dir}", flush=True)

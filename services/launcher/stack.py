@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from shared.config import actor_cores
 from shared.service import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +61,7 @@ def env_threads(actors: int, cores: Optional[int] = None) -> int:
     sampled 968 and 917 Pong agent steps/s against 933 and 882, alternately
     (docs/benchmarks.md)."""
     if cores is None:
-        cores = actor_cores({})
+        cores = max(1, (os.cpu_count() or 2) - 1)
     return max(1, cores // max(actors, 1))
 
 

@@ -33,7 +33,7 @@ async def follow(args, stop: asyncio.Event) -> None:
     cfg = rec.config
     torch.set_num_threads(cfg.learner_threads)
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="train")  # all torch work (see RunSession)
-    trainer = pool.submit(Trainer, cfg, env_spec(cfg.env_id), torch.device(args.device)).result()
+    trainer = pool.submit(Trainer, cfg, env_spec(cfg), torch.device(args.device)).result()
     loop = asyncio.get_running_loop()
 
     def join() -> None:

@@ -24,8 +24,8 @@ from services.learner.prefetch import Prefetcher, replay_fetcher
 from services.learner.progress import Progress, SequenceGaps
 from services.learner.trainer import Trainer
 from shared import bus, runs, weights, wiring
-from shared.config import RunRecord, RunState
-from shared.envs import env_spec
+from shared.config import RunRecord, RunState, resolve_sizes
+from shared.envs import EnvRefused, EnvSpec, check_env
 from shared.models import state_to_numpy
 from shared.service import Counters, free_port
 
@@ -59,18 +59,20 @@ class Learner:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            session = RunSession(self, rec)
-            try:
+            try:  # anything that goes wrong with one run fails that run, never this learner
+                session = await RunSession.start(self, rec)
                 await session.train(stop)
             except Exception as e:
                 log.exception("run %s failed", rec.id)
+                why = str(e) if isinstance(e, EnvRefused) else f"learner error: {type(e).__name__}: {e}"
                 await _quietly(runs.transition(self.assets.runs, rec.id, {RunState.running, RunState.stopping},
-                                               RunState.failed, owner=self.learner_id,
-                                               reason=f"learner error: {e}"[:500]))
+                                               RunState.failed, owner=self.learner_id, reason=why[:1000]))
         await self.nc.drain()
 
     async def _claim(self) -> Optional[RunRecord]:
-        """Move the oldest pending run to running, revision-checked: one learner per run."""
+        """Move the oldest pending run to running, revision-checked: one learner per run.
+        The sizes the run leaves to the machine are settled here, for this learner's
+        machine and devices, and written into the record the actors read."""
         try:
             pending = [r for r in await runs.list_all(self.assets.runs) if r.state == RunState.pending
                        and (self.fixed_run is None or r.id == self.fixed_run)]
@@ -79,8 +81,9 @@ class Learner:
             return None
         for rec in pending:
             try:
+                sized = resolve_sizes(rec.config, devices=len(self.devices))
                 return await runs.transition(self.assets.runs, rec.id, {RunState.pending}, RunState.running,
-                                             learner_id=self.learner_id, heartbeat=time.time())
+                                             learner_id=self.learner_id, heartbeat=time.time(), config=sized)
             except (runs.TransitionRefused, KeyError):
                 continue
         return None
@@ -96,15 +99,31 @@ class RunSession:
     made each Pong step on 2 cores slower: 0.96 s against 0.83 s on synthetic
     batches, 1.02 s against 0.77 s in the stack."""
 
-    def __init__(self, learner: Learner, rec: RunRecord):
+    @classmethod
+    async def start(cls, learner: Learner, rec: RunRecord) -> "RunSession":
+        """A session for a claimed run, once its env has been built, reset and stepped here
+        (raises EnvRefused with the reason if it cannot be), off the event loop."""
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="train")
+        spec = await asyncio.get_running_loop().run_in_executor(pool, check_env, rec.config, rec.config.seed)
+        if not rec.config.sized:
+            rec = rec.model_copy(update={"config": resolve_sizes(rec.config, devices=len(learner.devices))})
+        if rec.config.max_agent_steps is not None and rec.config.target_return is None and rec.config.max_seconds is None:
+            log.info("run %s stops after %d agent steps (its only stop condition)", rec.id, rec.config.max_agent_steps)
+        session = cls(learner, rec, spec, pool)
+        session.trainer = await asyncio.get_running_loop().run_in_executor(
+            pool, Trainer, session.cfg, spec, learner.device)
+        return session
+
+    def __init__(self, learner: Learner, rec: RunRecord, spec: EnvSpec,
+                 train_pool: concurrent.futures.ThreadPoolExecutor):
         self.learner, self.rec, self.run_id, self.cfg = learner, rec, rec.id, rec.config
         self.nc, self.assets = learner.nc, learner.assets
         self.counters = Counters()
-        self.spec = env_spec(self.cfg.env_id)
+        self.spec = spec
         torch.set_num_threads(self.cfg.learner_threads)
         torch.manual_seed(self.cfg.seed)
-        self.train_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="train")
-        self.trainer = self.train_pool.submit(Trainer, self.cfg, self.spec, learner.device).result()
+        self.train_pool = train_pool
+        self.trainer: Trainer
         self.progress = Progress()
         self.version = 0
         self.t0 = time.time()

@@ -117,7 +117,10 @@ class Trainer:
         # IMPACT's circular buffer: each batch stays for `reuse` steps, trained once per step.
         self.reuse_buffer: collections.deque = collections.deque(maxlen=cfg.reuse)
         self.precision_probe: dict[str, float] = {}  # seconds per minibatch step, when "auto" timed them
-        self.autocast = use_bf16(cfg.bf16, self.device, self.model.image, self._bf16_trains_faster)
+        # bf16 only where rewards are clipped (Atari): a value head of unclipped returns in bf16
+        # would round them by up to 1 part in 256.
+        self.autocast = use_bf16(cfg.bf16, self.device, self.model.image and spec.clip_rewards,
+                                 self._bf16_trains_faster)
         # Under bf16 autocast the input is stored in bf16: half the memory, and no
         # cast of the whole batch at every pass's forward.
         self.input_dtype = torch.bfloat16 if self.autocast and self.model.image else torch.float32

@@ -70,7 +70,7 @@ class ReplayShard:
         if entry is None:
             if rec.state != RunState.running:
                 return None
-            spec = await asyncio.get_running_loop().run_in_executor(None, env_spec, rec.config.env_id)
+            spec = await asyncio.get_running_loop().run_in_executor(None, env_spec, rec.config)
             entry = self.runs[run_id] = RunEntry(rec.config, spec, rec.state)
         entry.state, entry.checked = rec.state, time.time()
         if rec.state not in (RunState.running, RunState.stopping):
