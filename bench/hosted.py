@@ -17,11 +17,12 @@ class HostedStack:
         self.stack, self.hosts = stack, hosts
         self.where = "network namespaces + veth" if hosts else f"loopback ({reason})"
 
-    def start_actor(self, i: int) -> subprocess.Popen:
-        """Actor i (0-based) on host i+1, talking to NATS over that host's link."""
+    def start_actor(self, i: int, *args: str) -> subprocess.Popen:
+        """Actor i (0-based) on host i+1, talking to NATS over that host's link, over TLS,
+        with the actor's credential; its slot comes from the registry, as on a real host."""
         h = self.hosts
-        extra = ("--nats", self.stack.nats_url_at(h.server_addr_for(i + 1))) if h else ()
-        return self.stack.start("actor", "--index", str(i), *extra, name=f"actor-{i}", netns=h.hosts[i] if h else None)
+        extra = ("--nats", self.stack.nats_url_at(h.server_addr_for(i + 1), role="actor")) if h else ()
+        return self.stack.start("actor", *extra, *args, name=f"actor-{i}", netns=h.hosts[i] if h else None)
 
 
 @contextlib.contextmanager
@@ -31,7 +32,8 @@ def hosted_stack(n_hosts: int) -> Iterator[HostedStack]:
     hosts = netns.Hosts(n_hosts) if reason is None else None
     try:
         with tempfile.TemporaryDirectory() as d:
-            kw = dict(host=hosts.server_addr, nats_bind="0.0.0.0", netns=hosts.server) if hosts else {}
+            kw = dict(host=hosts.server_addr, nats_bind="0.0.0.0", netns=hosts.server, tls=True,
+                      tls_hosts=tuple(hosts.server_addr_for(i + 1) for i in range(n_hosts))) if hosts else {}
             with Stack(d, **kw) as stack:
                 stack.start_nats()
                 stack.start("gateway")

@@ -39,6 +39,7 @@ ATARI_PRESET: dict[str, Any] = {
     "vtrace_lambda": 0.95, "clip_eps": 0.1, "max_grad_norm": 0.5, "normalize_advantages": True,
     "target_update_interval": 16, "latent_ae": True, "latent_dim": 256, "ae_channels": [8, 16],
     "ae_coef": 0.1, "ae_fraction": 0.125, "max_policy_lag": 100, "flow": "sync", "publish_interval": 0.5,
+    "life_loss_terminal": True,
 }
 # A run that names no stop condition stops after this many agent steps (the learner
 # says so when it starts the run): CleanRL's Atari budget, and a generous one for
@@ -74,6 +75,8 @@ class RunConfig(BaseModel):
                                               "(the game's minimal set for v5)")
     max_episode_frames: Optional[int] = Field(None, ge=1, le=10_000_000, description="ALE: frames after which an "
                                               "episode is cut; null: the id's own, 108,000 (30 minutes)")
+    life_loss_terminal: bool = Field(False, description="ALE: learn a lost life as an episode's end (no value "
+                                     "carried past it); the game, and its reported return, go on")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="base seed; an actor's envs are seeded from it and the "
                       "actor's slot")
     num_actors: Optional[int] = Field(None, ge=1, le=1024, description="actor processes the run takes (the "
@@ -186,6 +189,9 @@ class RunConfig(BaseModel):
         if atari and self.env_kwargs:
             raise _refuse("env_kwargs", "ALE ids take no env_kwargs: use sticky_actions, full_action_space and "
                           "max_episode_frames", self.env_kwargs)
+        if not atari and self.life_loss_terminal:
+            raise _refuse("life_loss_terminal", f"life_loss_terminal is an ALE option; {self.env_id} is not an ALE/ id",
+                          True)
         for name in ("sticky_actions", "full_action_space", "max_episode_frames"):
             if not atari and getattr(self, name) is not None:
                 raise _refuse(name, f"{name} is an ALE option; {self.env_id} is not an ALE/ id", getattr(self, name))

@@ -12,9 +12,10 @@ Three families, told apart by the env id and its observation space:
   `env_kwargs` go to its constructor.
 - Observations: a uint8 Box of 2 or 3 axes is an image (gray HxW, HWC or
   CHW; see `image_layout`) and travels as uint8 CHW, the layout the CNNs
-  read; a Discrete observation becomes a one-hot vector; any other Box is a
-  float32 vector. Actions must be Discrete. Anything else is refused with
-  a reason (`EnvRefused`), which the gateway turns into a 422.
+  read; a Discrete observation becomes a one-hot vector; any other Box
+  (float, or uint8 of 1 or 4+ axes) is a flat float32 vector, so that only
+  uint8 images ever reach a CNN. Actions must be Discrete. Anything else is
+  refused with a reason (`EnvRefused`), which the gateway turns into a 422.
 
 Both vector envs use SAME_STEP autoreset: the observation returned with a
 terminal step is already the first of the next episode, so no transition is
@@ -71,7 +72,10 @@ def registry_id(env_id: str) -> str:
             raise EnvRefused(f"cannot import module {module!r} for env {env_id!r}: {type(e).__name__}: {e} "
                              "(it must be importable on every host that builds the env: in the image, "
                              "or on PYTHONPATH)") from None
-        env_id = name
+        if name not in gym.envs.registry:
+            raise EnvRefused(f"unknown env id {env_id!r}: module {module!r} imported, but it registered no env "
+                             f"{name!r} (it must call gymnasium.register({name!r}, ...) on import)")
+        return name
     if env_id not in gym.envs.registry:
         raise EnvRefused(f"unknown env id {env_id!r}: not registered in gymnasium (or ale-py)")
     return env_id
@@ -173,8 +177,8 @@ class _Observations:
                 self.shape, self.dtype = (int(c), int(h), int(w)), "uint8"
             elif not space.shape or int(np.prod(space.shape)) == 0:
                 raise EnvRefused(f"{env_id}: empty observation space {space}")
-            else:
-                self.shape, self.dtype = tuple(int(d) for d in space.shape), "float32"
+            else:  # flat: a float Box of 3 axes must not pass for an image (EnvSpec.image) and meet a CNN
+                self.shape, self.dtype = (int(np.prod(space.shape)),), "float32"
         else:
             raise EnvRefused(f"{env_id}: observation space {type(space).__name__} is not supported "
                              "(Box, Discrete or MultiBinary observations only; wrap Dict/Tuple spaces "
@@ -191,7 +195,10 @@ class _Observations:
             return np.ascontiguousarray(np.asarray(obs, np.uint8)[:, None])
         if self.kind == "hwc":
             return np.ascontiguousarray(np.asarray(obs, np.uint8).transpose(0, 3, 1, 2))
-        return np.ascontiguousarray(np.asarray(obs, dtype=self.dtype))
+        if self.kind == "chw":
+            return np.ascontiguousarray(np.asarray(obs, np.uint8))
+        obs = np.asarray(obs, dtype=self.dtype)
+        return np.ascontiguousarray(obs.reshape(len(obs), *self.shape))
 
 
 class VectorEnv:
@@ -204,6 +211,10 @@ class VectorEnv:
         self.num_envs = num_envs
         self._seed = seed
         self._action_start = 0
+        self._info: dict[str, Any] = {}  # the last step's info (final observations)
+        # After each step: which envs lost a life in a game that goes on (ALE; all False elsewhere).
+        self.life_lost = np.zeros(num_envs, bool)
+        self._lives = np.zeros(num_envs)
         if is_atari(opts.env_id):
             from ale_py.vector_env import AtariVectorEnv
 
@@ -220,10 +231,11 @@ class VectorEnv:
                                 clip_rewards=True)
             return
         name = registry_id(opts.env_id)
+        # render wins over a render_mode in env_kwargs (else: "multiple values for keyword argument")
+        kwargs = opts.env_kwargs | ({"render_mode": "rgb_array"} if render else {})
         try:
             self._env = gym.make_vec(name, num_envs=num_envs, vectorization_mode="sync",
-                                     vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-                                     **({"render_mode": "rgb_array"} if render else {}), **opts.env_kwargs)
+                                     vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **kwargs)
         except EnvRefused:
             raise
         except Exception as e:
@@ -241,19 +253,35 @@ class VectorEnv:
         self.spec = EnvSpec(self._convert.shape, self._convert.dtype, int(space.n))
 
     def reset(self) -> np.ndarray:
-        obs, _ = self._env.reset(seed=self._seed)
+        obs, info = self._env.reset(seed=self._seed)
+        self._lives = np.asarray(info.get("lives", np.zeros(self.num_envs)))
         return self._convert(obs)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
         """Returns obs, raw rewards, terminated, truncated, and for truncated envs
         their final observation (else None) so the caller can bootstrap."""
         obs, rew, term, trunc, info = self._env.step(np.asarray(actions) + self._action_start)
+        self._info = info
+        if "lives" in info:  # ALE: a life lost this step, in a game that goes on
+            lives = np.asarray(info["lives"])
+            self.life_lost = (lives < self._lives) & ~(np.asarray(term) | np.asarray(trunc))
+            self._lives = lives
         conv, final = self._convert(obs), None
         if "final_obs" in info and np.any(trunc):
             final = conv.copy()
             for i in np.flatnonzero(info.get("_final_obs", trunc)):
                 final[i] = self._convert(np.asarray(info["final_obs"][i])[None])[0]
         return conv, np.asarray(rew, np.float32), np.asarray(term, bool), np.asarray(trunc, bool), final
+
+    def final_observation(self, i: int) -> Optional[np.ndarray]:
+        """Env i's last observation of the episode that ended in the last step (converted),
+        or None (none ended; ALE ids keep none). Why: SAME_STEP autoreset returns the next
+        episode's first observation in its place, and an eval video of an image env would
+        otherwise never show how an episode ends."""
+        info = self._info
+        if "final_obs" not in info or not info.get("_final_obs", np.zeros(i + 1, bool))[i]:
+            return None
+        return self._convert(np.asarray(info["final_obs"][i])[None])[0]
 
     def render(self) -> Optional[np.ndarray]:
         """The first env's rgb_array frame (built with render=True), or None."""

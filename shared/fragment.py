@@ -30,14 +30,22 @@ class Fragment:
     obs: np.ndarray  # [T+1, N, *obs_shape], or frames [T+1, N, H, W] for stacked images
     actions: np.ndarray  # [T, N] int32
     logits: np.ndarray  # [T, N, A] float32 behaviour logits
-    rewards: np.ndarray  # [T, N] float32 raw rewards
+    rewards: np.ndarray  # [T, N] float32 raw rewards (the learner counts episode returns from them)
     dones: np.ndarray  # [T, N] uint8: obs[t+1] starts a new episode
     context: Optional[np.ndarray] = None  # [N, S-1, H, W] older frames of obs[0]'s stack
-    seq: int = 0  # per-actor fragment counter: gaps at the learner are messages lost in transit
+    # [T, N] float32: gamma * V(final observation) where an episode was cut by a time limit,
+    # else 0; learned as part of that step's reward (a cut is not a failure). None: all 0.
+    bootstrap: Optional[np.ndarray] = None
+    # [T, N] uint8: 1 where an env lost a life in a game that goes on (ALE, life_loss_terminal):
+    # learned as an episode's end, while the game and its return go on. None: all 0.
+    life_lost: Optional[np.ndarray] = None
+    seq: int = 0  # per-actor message counter: gaps at the learner are messages lost in transit
     # The seed of the actor's env vector: a name for its columns that is the same in every
     # run of a config (actor ids are not). A batch orders its fresh columns by it (see
-    # services/learner/prefetch.py); 0 from actors that predate it.
+    # services/learner/prefetch.py).
     env_seed: int = 0
+    t0: int = 0  # agent steps each env took in this actor's run before this fragment (0: episodes start here)
+    col0: int = 0  # the first of the actor's env columns this message holds (a part of a split fragment)
 
     @property
     def num_steps(self) -> int:
@@ -53,15 +61,21 @@ class Fragment:
         return dataclasses.replace(
             self, obs=self.obs[:, start:stop], actions=self.actions[:, start:stop],
             logits=self.logits[:, start:stop], rewards=self.rewards[:, start:stop], dones=self.dones[:, start:stop],
-            context=None if self.context is None else self.context[start:stop])
+            context=None if self.context is None else self.context[start:stop],
+            bootstrap=None if self.bootstrap is None else self.bootstrap[:, start:stop],
+            life_lost=None if self.life_lost is None else self.life_lost[:, start:stop], col0=self.col0 + start)
 
 
 def encode_fragment(f: Fragment) -> bytes:
     arrays = {"obs": f.obs, "actions": f.actions, "logits": f.logits, "rewards": f.rewards, "dones": f.dones}
     if f.context is not None:
         arrays["context"] = f.context
+    if f.bootstrap is not None:
+        arrays["bootstrap"] = f.bootstrap
+    if f.life_lost is not None:
+        arrays["life_lost"] = f.life_lost
     return wire.encode({"kind": "fragment", "run": f.run_id, "actor": f.actor_id, "version": f.version,
-                        "seq": f.seq, "env_seed": f.env_seed}, arrays)
+                        "seq": f.seq, "env_seed": f.env_seed, "t0": f.t0, "col0": f.col0}, arrays)
 
 
 def encode_within(f: Fragment, max_bytes: int) -> list[bytes]:
@@ -91,13 +105,18 @@ def encode_within(f: Fragment, max_bytes: int) -> list[bytes]:
         k = min(n, 2 * k)
 
 
+OPTIONAL_ARRAYS = ("bootstrap", "life_lost")
+
+
 def expected_shapes(spec: EnvSpec, T: int, N: int) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Name -> (shape, dtype) of every array of a valid fragment."""
+    """Name -> (shape, dtype) of every array of a valid fragment (those in OPTIONAL_ARRAYS may be absent)."""
     shapes = {
         "actions": ((T, N), "int32"),
         "logits": ((T, N, spec.num_actions), "float32"),
         "rewards": ((T, N), "float32"),
         "dones": ((T, N), "uint8"),
+        "bootstrap": ((T, N), "float32"),
+        "life_lost": ((T, N), "uint8"),
     }
     if spec.frame_stack:
         hw = tuple(spec.obs_shape[1:])
@@ -120,20 +139,38 @@ def check_header(data: bytes, run_id: str, spec: EnvSpec, T: int) -> dict:
         raise wire.WireError("bad actor id")
     if not wire.is_count(version):
         raise wire.WireError("bad version")
-    seq = meta.get("seq", 0)
-    if not wire.is_count(seq):
-        raise wire.WireError("bad sequence number")
-    if not wire.is_count(meta.get("env_seed", 0)):
-        raise wire.WireError("bad env seed")
+    for key in ("seq", "env_seed", "t0", "col0"):
+        if not wire.is_count(meta.get(key, 0)):
+            raise wire.WireError(f"bad {key}")
     got = {s["name"]: (tuple(s["shape"]), s["dtype"]) for s in specs}
     if len(got) != len(specs) or "actions" not in got or len(got["actions"][0]) != 2:
         raise wire.WireError("bad array set")
     n = got["actions"][0][1]
-    if not 1 <= n <= MAX_ENVS_PER_ACTOR:
+    if not 1 <= n <= MAX_ENVS_PER_ACTOR or meta.get("col0", 0) + n > MAX_ENVS_PER_ACTOR:
         raise wire.WireError("bad env count")
-    if got != expected_shapes(spec, T, n):
+    want = expected_shapes(spec, T, n)
+    if got != {k: v for k, v in want.items() if k in got or k not in OPTIONAL_ARRAYS}:
         raise wire.WireError("shapes or dtypes do not match the run")
     return {**meta, "columns": n}
+
+
+def check_outcomes(rewards: np.ndarray, dones: np.ndarray, bootstrap: Optional[np.ndarray]) -> None:
+    """What the learner counts episodes and returns from: finite rewards, done flags
+    of 0 or 1, and bootstrap values only where an episode ended. Raises WireError."""
+    if not np.isfinite(rewards).all():
+        raise wire.WireError("non-finite rewards")
+    if dones.size and dones.max() > 1:
+        raise wire.WireError("done flags other than 0 and 1")
+    if bootstrap is not None and (not np.isfinite(bootstrap).all() or np.any(bootstrap[dones == 0] != 0)):
+        raise wire.WireError("bootstrap values where no episode ended")
+
+
+def decode_outcomes(data: bytes, meta: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The rewards and done flags of a message that passed `check_header` (a small part
+    of it: only those two arrays are decompressed), checked. Raises WireError."""
+    a = wire.decode(data, names={"rewards", "dones", "bootstrap"})
+    check_outcomes(a[1]["rewards"], a[1]["dones"], a[1].get("bootstrap"))
+    return a[1]["rewards"], a[1]["dones"]
 
 
 def decode_fragment(data: bytes, run_id: str, spec: EnvSpec, T: int) -> Fragment:
@@ -142,13 +179,17 @@ def decode_fragment(data: bytes, run_id: str, spec: EnvSpec, T: int) -> Fragment
     _, a = wire.decode(data)
     if a["actions"].size and (a["actions"].min() < 0 or a["actions"].max() >= spec.num_actions):
         raise wire.WireError("action out of range")
-    if not (np.isfinite(a["logits"]).all() and np.isfinite(a["rewards"]).all()):
-        raise wire.WireError("non-finite logits or rewards")
+    if not np.isfinite(a["logits"]).all():
+        raise wire.WireError("non-finite logits")
+    check_outcomes(a["rewards"], a["dones"], a.get("bootstrap"))
+    if "life_lost" in a and a["life_lost"].size and a["life_lost"].max() > 1:
+        raise wire.WireError("life-lost flags other than 0 and 1")
     if a["obs"].dtype.kind == "f" and not np.isfinite(a["obs"]).all():
         raise wire.WireError("non-finite observations")
     return Fragment(run_id, meta["actor"], meta["version"], a["obs"], a["actions"], a["logits"],
-                    a["rewards"], a["dones"], a.get("context"), seq=meta.get("seq", 0),
-                    env_seed=meta.get("env_seed", 0))
+                    a["rewards"], a["dones"], a.get("context"), a.get("bootstrap"), a.get("life_lost"),
+                    seq=meta.get("seq", 0),
+                    env_seed=meta.get("env_seed", 0), t0=meta.get("t0", 0), col0=meta.get("col0", 0))
 
 
 def collate(frags: Sequence[Fragment]) -> dict[str, np.ndarray]:
@@ -156,6 +197,10 @@ def collate(frags: Sequence[Fragment]) -> dict[str, np.ndarray]:
     out = {k: np.concatenate([getattr(f, k) for f in frags], axis=1)
            for k in ("obs", "actions", "logits", "rewards", "dones")}
     out["versions"] = np.concatenate([np.full(f.actions.shape[1], f.version, np.int64) for f in frags])
+    for name, dtype in (("bootstrap", np.float32), ("life_lost", np.uint8)):
+        if any(getattr(f, name) is not None for f in frags):
+            out[name] = np.concatenate([np.zeros(f.rewards.shape, dtype) if getattr(f, name) is None
+                                        else getattr(f, name) for f in frags], axis=1)
     if frags[0].context is not None:
         out["context"] = np.concatenate([f.context for f in frags], axis=0)
     return out

@@ -1,7 +1,9 @@
 """Policy networks: an encoder feeds a policy head and a value head.
 
 - MLP for vector observations.
-- Nature CNN (Mnih et al. 2015) and the IMPALA ResNet (Espeholt et al. 2018) for 84x84x4 frames.
+- Nature CNN (Mnih et al. 2015) and the IMPALA ResNet (Espeholt et al. 2018) for images
+  (84x84x4 Atari frames, or any other size: the layers after the convolutions are sized
+  from the observation), and a small CNN for images below 36x36.
 - Latent auto-encoder: a frame encoder squeezed to a small latent that the
   heads read, plus a decoder whose reconstruction of the input frames is an
   auxiliary loss; the policy stays cheap per sample while the latent is
@@ -37,6 +39,24 @@ def _flat_size(conv: nn.Module, obs_shape: tuple[int, ...]) -> int:
         return int(conv(torch.zeros(1, *obs_shape)).numel())
 
 
+# The largest feature map side a conv stack hands its fully connected layer. Why: that
+# layer grows with the map, and a large frame would make it huge: the Nature CNN on a
+# 400x600 render (CartPole's) maps to 46x71, a 107M-parameter layer (430 MB of weights
+# per publication, over the wire's 256 MB limit). 84x84 frames (7x7 maps) are unchanged.
+MAX_FEATURE_SIDE = 12
+
+
+def _conv_stack(layers: list[nn.Module], obs_shape: tuple[int, ...]) -> nn.Sequential:
+    """layers, then an average pool down to MAX_FEATURE_SIDE where their map of an
+    observation of obs_shape is larger (only then: no pool, the same modules and
+    parameter names as ever), then Flatten and a ReLU (after the Flatten: see LatentAE)."""
+    with torch.no_grad():
+        h, w = nn.Sequential(*layers)(torch.zeros(1, *obs_shape)).shape[-2:]
+    side = MAX_FEATURE_SIDE
+    pool = [nn.AdaptiveAvgPool2d((min(h, side), min(w, side)))] if max(h, w) > side else []
+    return nn.Sequential(*layers, *pool, nn.Flatten(), nn.ReLU())
+
+
 class NatureCNN(nn.Module):
     """Mnih et al. 2015: 8x8/4, 4x4/2, 3x3/1 convolutions and a 512 layer; frames of 36x36 or more."""
 
@@ -44,9 +64,9 @@ class NatureCNN(nn.Module):
 
     def __init__(self, obs_shape: tuple[int, ...], hidden: int = 512):
         super().__init__()
-        self.conv = nn.Sequential(
+        self.conv = _conv_stack([
             nn.Conv2d(obs_shape[0], 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.Flatten(), nn.ReLU())  # ReLU after Flatten: see LatentAE
+            nn.Conv2d(64, 64, 3, stride=1)], obs_shape)
         self.fc = nn.Sequential(nn.Linear(_flat_size(self.conv, obs_shape), hidden), nn.ReLU())
         self.out_dim = hidden
 
@@ -68,7 +88,7 @@ class SmallCNN(nn.Module):
             stride = 2 if min(h, w) >= 12 else 1
             layers += [nn.Conv2d(c, ch, 3, stride=stride, padding=1), nn.ReLU()]
             c, h, w = ch, (h - 1) // stride + 1, (w - 1) // stride + 1
-        self.conv = nn.Sequential(*layers[:-1], nn.Flatten(), nn.ReLU())  # ReLU after Flatten: see LatentAE
+        self.conv = _conv_stack(layers[:-1], obs_shape)
         self.fc = nn.Sequential(nn.Linear(_flat_size(self.conv, obs_shape), hidden), nn.ReLU())
         self.out_dim = hidden
 
@@ -94,7 +114,7 @@ class ImpalaResNet(nn.Module):
             layers += [nn.Conv2d(in_ch, ch, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1),
                        _ResBlock(ch), _ResBlock(ch)]
             in_ch = ch
-        self.conv = nn.Sequential(*layers, nn.Flatten(), nn.ReLU())  # ReLU after Flatten: see LatentAE
+        self.conv = _conv_stack(layers, obs_shape)
         self.fc = nn.Sequential(nn.Linear(_flat_size(self.conv, obs_shape), hidden), nn.ReLU())
         self.out_dim = hidden
 
@@ -106,10 +126,9 @@ class UpConv(nn.Module):
     """Upsampling by `stride` with a 2*stride kernel: the linear map of
     ConvTranspose2d(c_in, c_out, 2 * stride, stride), computed as a 2x2
     convolution (padding 1) to c_out * stride**2 channels and a depth-to-space
-    reshape. Why: PyTorch's CPU transposed convolution takes a slow path
-    (measured: 5.2 ms forward and backward for the decoder's last layer on 16
-    samples, against 2.4 ms this way), and each output block of stride x stride
-    pixels reads the same 2x2 input neighbourhood either way."""
+    reshape. Why: PyTorch's CPU transposed convolution takes a slow path (about
+    twice as long for the decoder's last layer), and each output block of
+    stride x stride pixels reads the same 2x2 input neighbourhood either way."""
 
     def __init__(self, c_in: int, c_out: int, stride: int):
         super().__init__()
@@ -130,15 +149,15 @@ class LatentAE(nn.Module):
     conv layers. Why few: the learner trains every sample four times and on a
     CPU the conv layers are most of its cost; on Pong 8 and 16 channels
     learned as fast per agent step as 16 and 32, at 0.6 of the learner's time
-    (docs/benchmarks.md)."""
+    (docs/decisions.md)."""
 
     def __init__(self, in_ch: int, latent_dim: int, channels: tuple[int, int]):
         super().__init__()
         c1, c2 = channels
         # The second ReLU after the Flatten (the same values, the same module indices):
         # flattening a channels-last map copies it to NCHW order, and a ReLU before the
-        # copy got its gradient back in the other layout, a slow path that took 1.5 ms
-        # of a 30 ms Pong minibatch step on this CPU; after it both are plain rows.
+        # copy got its gradient back in the other layout, a slow path; after it both are
+        # plain rows.
         self.enc = nn.Sequential(
             nn.Conv2d(in_ch, c1, 8, stride=4), nn.ReLU(), nn.Conv2d(c1, c2, 4, stride=2), nn.Flatten(),
             nn.ReLU(), nn.Linear(c2 * 9 * 9, latent_dim), nn.ReLU())
@@ -174,8 +193,8 @@ class ActorCritic(nn.Module):
         """Model input from raw observations. Images: uint8 -> channels-last floats
         in [0, 1] of `dtype`, written into `out` when given (a buffer of the right
         shape and layout). Why the buffer: on CPU a fresh 100 MB tensor per batch
-        costs more in page faults than the conversion itself (measured 70-320 ms,
-        against 8 ms into a reused bf16 buffer), and the learner makes one per batch."""
+        costs more in page faults than the conversion itself, and the learner makes
+        one per batch."""
         if not self.image:
             return obs.float()
         if out is None or out.shape != obs.shape or out.dtype != dtype:

@@ -22,9 +22,9 @@ import time
 from typing import Iterable, Optional
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
 from shared.config import RunRecord, RunState
+from shared.jsapi import Bucket
 
 
 class TransitionRefused(Exception):
@@ -43,21 +43,21 @@ TRANSITIONS: dict[RunState, set[RunState]] = {
 RESUMABLE = {S.stopped, S.failed}
 
 
-async def read(kv: KeyValue, run_id: str) -> Optional[tuple[RunRecord, int]]:
+async def read(kv: Bucket, run_id: str) -> Optional[tuple[RunRecord, int]]:
     try:
         entry = await kv.get(run_id)
     except KeyNotFoundError:
         return None
     if entry.value is None:
         return None
-    return RunRecord.model_validate_json(entry.value), entry.revision
+    return RunRecord.model_validate_json(entry.value, context={"stored": True}), entry.revision
 
 
-async def create(kv: KeyValue, record: RunRecord) -> int:
+async def create(kv: Bucket, record: RunRecord) -> int:
     return await kv.create(record.id, record.model_dump_json().encode())
 
 
-async def list_all(kv: KeyValue) -> list[RunRecord]:
+async def list_all(kv: Bucket) -> list[RunRecord]:
     out = []
     keys = await run_ids(kv)
     for k in keys:
@@ -67,19 +67,13 @@ async def list_all(kv: KeyValue) -> list[RunRecord]:
     return sorted(out, key=lambda r: r.created_at)
 
 
-async def run_ids(kv: KeyValue) -> list[str]:
-    """Every key of the runs bucket, from one stream-info request on the bucket's
-    subjects. Why not `kv.keys()`: its watcher once returned without a run that had
-    just finished (a CI run's /metrics scrape lost it), and an operator's list must
-    not drop runs. Keys whose latest entry is a delete are left for `read` to skip.
-    It reads nats-py's KeyValue attributes `_js`, `_stream` and `_pre` (no public
-    handle exists); tests/test_runs_kv.py fails at once if a release renames them."""
-    prefix = kv._pre  # "$KV.<bucket>."
-    info = await kv._js.stream_info(kv._stream, subjects_filter=f"{prefix}>")
-    return sorted(subject[len(prefix):] for subject in (info.state.subjects or {}))
+async def run_ids(kv: Bucket) -> list[str]:
+    """Every key of the runs bucket (shared/jsapi.py says why not `KeyValue.keys()`).
+    Keys whose latest entry is a delete are left for `read` to skip."""
+    return await kv.keys()
 
 
-async def transition(kv: KeyValue, run_id: str, allowed_from: Iterable[RunState], to: Optional[RunState],
+async def transition(kv: Bucket, run_id: str, allowed_from: Iterable[RunState], to: Optional[RunState],
                      retries: int = 5, owner: Optional[str] = None, **fields) -> RunRecord:
     """Move a run to state `to` (None: keep state, just update fields) if it is
     in one of `allowed_from` (and, with `owner`, still held by that learner);
@@ -106,7 +100,7 @@ async def transition(kv: KeyValue, run_id: str, allowed_from: Iterable[RunState]
     raise TransitionRefused(f"run {run_id} kept changing; gave up")
 
 
-async def request_resume(kv: KeyValue, run_id: str) -> RunRecord:
+async def request_resume(kv: Bucket, run_id: str) -> RunRecord:
     """stopped/failed -> pending with resume=True: a learner continues from the newest checkpoint."""
     got = await read(kv, run_id)
     if got is None:
@@ -115,7 +109,7 @@ async def request_resume(kv: KeyValue, run_id: str) -> RunRecord:
                             heartbeat=None, resumes=got[0].resumes + 1, reason="resume requested")
 
 
-async def requeue_lost(kv: KeyValue, now: Optional[float] = None) -> list[str]:
+async def requeue_lost(kv: Bucket, now: Optional[float] = None) -> list[str]:
     """Find runs whose learner stopped heart-beating and mark them: a running run
     goes back to pending with resume=True (any learner takes it over from its
     newest checkpoint); a stopping one is recorded as stopped. Returns their ids."""
@@ -147,7 +141,7 @@ class LostRunWatch:
     for longer than the timeout: after a NATS outage every heartbeat looks old,
     and the learners need a moment to refresh theirs before anyone judges."""
 
-    def __init__(self, kv: KeyValue, counters: dict, grace_s: float = 20.0):
+    def __init__(self, kv: Bucket, counters: dict, grace_s: float = 20.0):
         self.kv, self.counters, self.grace_s = kv, counters, grace_s
         self.reconnects = counters.get("reconnects", 0)
         self.since = 0.0  # a fresh connection judges at once; only a reconnect waits out the grace

@@ -47,7 +47,7 @@ def backward_scan(x: torch.Tensor, a: torch.Tensor, last: torch.Tensor, chunk: i
 
     Why not the plain loop over t: on a GPU each of its 3T small operators is a
     kernel launch, and the learner's steps there are bound by launches, not by
-    the GPU (docs/benchmarks.md, the H200 section). Here each chunk of L steps
+    the GPU. Here each chunk of L steps
     is solved at once: out[t] = sum_k W[t, k] x[k] + (prod of a over t..L-1) out[L],
     where W[t, k] is the product of a over t..k-1 for k >= t (1 at k = t, 0 for
     k < t), one cumulative product over an [L, L, ...] copy of a. A chunk of 32

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import lz4.block
 import numpy as np
@@ -89,14 +89,17 @@ def decode_header(data: bytes) -> tuple[dict, list[dict], int]:
     return meta, specs, offset
 
 
-def decode(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
-    """Full decode: (meta, {name: array}). Raises WireError on any defect."""
+def decode(data: bytes, names: Optional[set[str]] = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Decode: (meta, {name: array}), all arrays or only those in `names` (the others
+    stay compressed). Raises WireError on any defect."""
     meta, specs, offset = decode_header(data)
     arrays: dict[str, np.ndarray] = {}
     view = memoryview(data)
     for s in specs:
         body = view[offset:offset + s["csize"]]
         offset += s["csize"]
+        if names is not None and s["name"] not in names:
+            continue
         size = _nbytes(s)
         try:
             raw = lz4.block.decompress(body, uncompressed_size=size) if size else b""

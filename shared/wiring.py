@@ -2,12 +2,16 @@
 
 The whole data flow reads here in one place; services never spell a subject.
 
+    actors  --ACTOR_JOIN, ACTOR_ASSIGN (request/reply, queue group)--> any learner (slot, run to serve)
+    actors  --ACTOR_HEARTBEAT (request/reply, JSON)--> the run's learner (membership; every learner watches)
     actors  --TRAJ (core, lz4)------------------> learner (fresh), replay shards (queue group)
     learner --REPLAY_SAMPLE (request/reply)-----> one replay shard
-    actors  --ACTOR_STATS (core JSON)-----------> learner (steps, episode returns)
-    learner --WEIGHTS_BUCKET object + WEIGHTS notice--> actors
+    learner --WEIGHTS_BUCKET object + WEIGHTS notice--> actors (direct gets: no consumer)
     learner, replay --METRICS (JetStream stream)--> gateway
-    gateway <--> RUNS_BUCKET (JetStream KV, revision-checked)
+    gateway, learner <--> RUNS_BUCKET (JetStream KV, revision-checked)
+    learner <--> ACTORS_BUCKET (JetStream KV: the actors' slot counter)
+
+Who may publish and subscribe to which of these is shared/roles.py's table.
 """
 from __future__ import annotations
 
@@ -19,8 +23,17 @@ WEIGHTS_BUCKET = "weights"  # object store: run id -> encoded state dict
 METRICS_STREAM = "METRICS"  # stream over metrics.>
 METRICS_WILDCARD = "metrics.>"
 
+ACTORS_BUCKET = "actors"  # KV: the counter that hands out actor slots
+
 # Queue groups
 REPLAY_QUEUE = "replay"  # shards split the trajectory stream and answer samples
+REGISTRY_QUEUE = "registry"  # learners share the actors' join and assign requests
+
+# Actors (see services/learner/registry.py)
+ACTOR_JOIN = "actors.join"  # request: a slot for a new actor process
+ACTOR_ASSIGN = "actors.assign"  # request: which run to serve, and its config
+ACTOR_HEARTBEAT_WILDCARD = "actors.*.hb"
+ACTOR_INBOX_PREFIX = "_INBOX_actor"  # actors' reply subjects: the only ones their credential may subscribe to
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -40,14 +53,17 @@ def traj(run_id: str) -> str:
 TRAJ_WILDCARD = "traj.*"
 
 
-def actor_stats(run_id: str) -> str:
-    """Actor progress: agent steps and finished episodes (JSON)."""
-    return f"stats.{check_run_id(run_id)}"
+def actor_heartbeat(run_id: str) -> str:
+    """An actor's heartbeat for the run it serves (JSON request; its learner answers)."""
+    return f"actors.{check_run_id(run_id)}.hb"
 
 
 def weights(run_id: str) -> str:
     """Notice that a new weights version is in the object store."""
     return f"weights.{check_run_id(run_id)}"
+
+
+WEIGHTS_WILDCARD = "weights.*"
 
 
 def replay_sample(run_id: str) -> str:
@@ -64,7 +80,7 @@ def metrics(run_id: str, source: str) -> str:
 
 
 def run_from_subject(subject: str) -> str:
-    """Second token of traj.<run>, replay.<run>.sample, metrics.<run>.<src>."""
+    """Second token of traj.<run>, replay.<run>.sample, metrics.<run>.<src>, actors.<run>.hb."""
     parts = subject.split(".")
     if len(parts) < 2:
         raise ValueError(f"no run id in subject {subject!r}")

@@ -96,21 +96,21 @@ async def test_bad_messages_are_counted_and_training_goes_on(fuzz_stack):
                                  {"x": np.zeros(3, np.float32)}) for _ in range(PER_KIND)]
             for blob in ghost:
                 await nc.publish(wiring.traj("ghost"), blob)  # a run that does not exist
-            stats_junk = [rng.bytes(64), b"{}", b'{"actor": 1, "steps": -1, "episodes": []}',
-                          b'{"actor": "a", "steps": 1, "episodes": [["nan", 1]]}', b"[" * 10000] * 5
-            for blob in stats_junk:
-                await nc.publish(wiring.actor_stats(rid), blob)
+            heartbeat_junk = [rng.bytes(64), b"{}", b'{"actor": 1, "slot": 0}', b'{"actor": "a b", "slot": 0}',
+                              b'{"actor": "a", "slot": -1}', b"[" * 10000] * 5
+            for blob in heartbeat_junk:
+                await nc.publish(wiring.actor_heartbeat(rid), blob)
             await nc.flush()
 
             want_learner = before["counters"].get("rejected", 0) + sent_traj
-            want_stats = before["counters"].get("rejected_stats", 0) + len(stats_junk)
+            want_heartbeats = before["counters"].get("rejected_heartbeats", 0) + len(heartbeat_junk)
             after = await _wait(gw, rid, lambda v: v["counters"].get("rejected", 0) >= want_learner
-                                and v["counters"].get("rejected_stats", 0) >= want_stats
+                                and v["counters"].get("rejected_heartbeats", 0) >= want_heartbeats
                                 and v["replay"].get("rejected", 0) >= before["replay"].get("rejected", 0) + sent_traj)
             await asyncio.sleep(3)  # nothing more trickles in: the counts are exact, not lower bounds
             after = await gw.run(rid)
             assert after["counters"]["rejected"] == want_learner
-            assert after["counters"]["rejected_stats"] == want_stats
+            assert after["counters"]["rejected_heartbeats"] == want_heartbeats
             assert after["replay"]["rejected"] == before["replay"].get("rejected", 0) + sent_traj
             shard = await replay_shard_counters(nc.jetstream(), rid)
             assert shard["shard_counters"].get("unknown_run", 0) >= len(ghost)

@@ -47,7 +47,7 @@ async def test_pending_run_lifecycle_and_restart(gateway):
     async with GatewayClient(gateway.gateway_url, gateway.api_token) as gw:
         await gw.wait_ready()
         run = await gw.start_run({"env_id": "CartPole-v1", "num_envs": 4})
-        assert run["state"] == "pending" and run["config"]["num_envs"] == 4
+        assert run["state"] == "pending" and run["config"]["num_envs"] == 4 and run["actors"] == 0
         assert [r["id"] for r in await gw.runs()] == [run["id"]]
         stopped = await gw.stop(run["id"])  # no learner: a pending run stops at once
         assert stopped["state"] == "stopped"
@@ -64,7 +64,15 @@ async def test_pending_run_lifecycle_and_restart(gateway):
 
 
 async def test_openapi_is_served(gateway):
-    async with aiohttp.ClientSession() as s:
-        async with s.get(gateway.gateway_url + "/openapi.json") as r:
-            spec = await r.json()
+    async with aiohttp.ClientSession() as s, s.get(gateway.gateway_url + "/openapi.json") as r:
+        spec = await r.json()
     assert "/runs" in spec["paths"] and "/runs/{run_id}/stop" in spec["paths"]
+    # every status a route answers is documented (tests/test_fuzz_rest.py checks that against the server)
+    responses = {f"{m.upper()} {p}": set(op["responses"]) for p, ops in spec["paths"].items() for m, op in ops.items()}
+    assert {"201", "400", "401", "413", "422"} <= responses["POST /runs"]
+    assert {"200", "401", "404", "409"} <= responses["POST /runs/{run_id}/stop"]
+    assert {"202", "400", "401", "404", "409", "413", "422"} <= responses["POST /runs/{run_id}/eval"]
+    assert {"200", "404"} <= responses["GET /runs/{run_id}/metrics"]
+    video = spec["paths"]["/runs/{run_id}/evals/{job_id}/video"]["get"]["responses"]["200"]
+    assert list(video["content"]) == ["image/gif"]
+    assert spec["components"]["schemas"]["RunView"]["properties"]["actors"]["type"] == "integer"

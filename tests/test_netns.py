@@ -1,6 +1,7 @@
 """Across hosts: nats-server, gateway, learner and replay in one network namespace,
-one actor in each of two others, joined by veth pairs. Cut one actor's link:
-the run goes on. Restore it: that actor rejoins."""
+one actor in each of two others, joined by veth pairs; the actors connect over TLS
+with the actor's credential only. Cut one actor's link: the run goes on. Restore
+it: that actor rejoins."""
 from __future__ import annotations
 
 import asyncio
@@ -27,14 +28,14 @@ def hosts_stack(tmp_path_factory):
         pytest.skip(f"network namespaces cannot be made here: {REASON}")
     hosts = netns.Hosts(2)
     stack = Stack(tmp_path_factory.mktemp("netns"), host=hosts.server_addr, nats_bind="0.0.0.0",
-                  netns=hosts.server)
+                  netns=hosts.server, tls=True, tls_hosts=tuple(hosts.server_addr_for(i) for i in (1, 2)))
     try:
         stack.start_nats()
         stack.start("gateway")
         stack.start("learner", "--checkpoint-dir", str(stack.run_dir / "checkpoints"))
         stack.start("replay")
         for i, ns in enumerate(hosts.hosts, start=1):
-            stack.start("actor", "--index", str(i), "--nats", stack.nats_url_at(hosts.server_addr_for(i)),
+            stack.start("actor", "--index", str(i), "--nats", stack.nats_url_at(hosts.server_addr_for(i), role="actor"),
                         name=f"actor-{i}", netns=ns)
         yield hosts, stack
     finally:
@@ -48,20 +49,21 @@ async def test_cut_link_run_goes_on_and_actor_rejoins(hosts_stack):
     last_seen: dict[int, float] = {}
     steps: dict[int, int] = {}
 
-    async def on_stats(msg) -> None:
+    async def on_heartbeat(msg) -> None:
         d = json.loads(msg.data)
-        host = pid_of.get(int(d["actor"].split("-")[-2]))  # actor ids are host-pid-random
+        host = pid_of.get(int(d["host"].rsplit("-", 1)[1]))  # an actor's host is hostname-pid
         if host is not None:
             last_seen[host] = time.time()
             steps[host] = max(steps.get(host, 0), d["steps"])
 
-    nc = await bus.connect(stack.nats_url, "observer")
+    nc = await bus.connect(stack.nats_url, "observer", ca=str(stack.tls.ca))
+    assert stack.url_for("actor").startswith("tls://")
     try:
         async with GatewayClient(stack.gateway_url, stack.api_token, timeout=60) as gw:
             await gw.wait_ready(timeout=120)
-            run = await gw.start_run(dict(PRESET, target_return=None, max_seconds=600))
+            run = await gw.start_run(dict(PRESET, target_return=None, max_seconds=600, num_actors=2))
             rid = run["id"]
-            await nc.subscribe(wiring.actor_stats(rid), cb=on_stats)
+            await nc.subscribe(wiring.actor_heartbeat(rid), cb=on_heartbeat)
             await _until(lambda: len(steps) == 2, 180, "both actors report from their namespaces")
 
             hosts.cut(1)

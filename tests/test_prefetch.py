@@ -186,57 +186,86 @@ async def test_each_actor_is_pending_only_its_own_fragments_and_a_round_complete
     await asyncio.wait_for(waiting, 10)
 
 
-async def test_at_the_start_no_actor_is_let_go_before_the_configured_actors_are_heard_from():
-    """The run's first fragments: while fewer than num_actors actors have sent one, for
-    half of actor_wait, the first actor is not told to fill the batch itself (which
-    actor started first is a race, and the batches would differ from run to run);
-    after that, before the actor's own wait runs out, a run with fewer actors than
-    configured goes on."""
-    clock = [1000.0]
+async def test_at_the_start_no_actor_is_let_go_before_the_configured_actors_serve_the_run():
+    """The run's first fragments: while fewer than num_actors actors serve the run, for
+    round_deadline_s, the first actor is not told to fill the batch itself (which actor
+    started first is a race, and the batches would differ from run to run); after that
+    a run with fewer actors than configured goes on."""
+    clock, members = [1000.0], {"a"}
     p = Prefetcher(RunConfig(num_envs=N, unroll_length=T, batch_size=2 * N * T, num_actors=2, round_deadline_s=10.0),
-                   SPEC, "r1", torch.device("cpu"), lambda: 0, Counters())
+                   SPEC, "r1", torch.device("cpu"), lambda: 0, Counters(), members=lambda: set(members))
     p.clock = lambda: clock[0]
     p.offer(fragment(0, actor="a", seq=1))
     waiting = asyncio.create_task(p.next_batch())
     await asyncio.sleep(0.1)
     assert p.short_of() == {}  # "b" is still starting
-    clock[0] += 4.5
+    clock[0] += 9.5
     assert p.short_of() == {}
     clock[0] += 1.0
     assert p.short_of() == {"a": 1}
     waiting.cancel()
 
 
-async def test_an_actor_not_heard_from_for_twice_actor_wait_leaves_the_round():
-    """An actor that left (or stalled) must not hold every short batch forever."""
-    clock = [1000.0]
-    p = make(Counters(), fresh_capacity=100)
+async def test_a_round_goes_on_without_an_actor_that_misses_its_deadline_until_it_sends_again():
+    """An actor that stalls (or left without a word) holds a round for at most
+    round_deadline_s from the round's weights; then it is benched: rounds no longer
+    wait for it, and its next fragment brings it back."""
+    clock, members = [1000.0], {"a", "slow"}
+    p = Prefetcher(RunConfig(num_actors=2, num_envs=N, unroll_length=T, batch_size=2 * N * T, round_deadline_s=10.0),
+                   SPEC, "r1", torch.device("cpu"), lambda: 0, Counters(), members=lambda: set(members))
     p.clock = lambda: clock[0]
+    p.offer(fragment(0, actor="a", seq=1))
+    p.offer(fragment(1, actor="slow", seq=1))
+    await asyncio.wait_for(p.next_batch(), 10)
+    p.consumed()
+    p.new_round()  # the weights trained on that batch go out
+    p.offer(fragment(2, actor="a", seq=2))
+    waiting = asyncio.create_task(p.next_batch())
+    await asyncio.sleep(0.1)
+    clock[0] += 9.0
+    assert p.short_of() == {}  # "slow" may still come
+    clock[0] += 1.5
+    assert p.short_of() == {"a": 2} and p.roster() == {"a"}  # benched: the round goes on
+    assert p.counters["round_deadline_missed"] == 1
+    p.offer(fragment(3, actor="slow", seq=2))  # it caught up: rounds wait for it again
+    assert p.roster() == {"a", "slow"}
+    await asyncio.wait_for(waiting, 10)
+    assert p.round_wait_max >= 10.0
+
+
+async def test_only_actors_serving_the_run_hold_a_round():
+    """The roster is the run's members (their heartbeats): one that stopped sending them
+    (or said it left) no longer holds a round, whatever it sent before."""
+    members = {"gone", "a"}
+    p = Prefetcher(RunConfig(num_actors=1, num_envs=N, unroll_length=T, batch_size=2 * N * T),
+                   SPEC, "r1", torch.device("cpu"), lambda: 0, Counters(), members=lambda: set(members))
     p.offer(fragment(0, actor="gone", seq=1))
     p.offer(fragment(1, actor="a", seq=1))
     await asyncio.wait_for(p.next_batch(), 10)
     p.consumed()
-    clock[0] += 0.5
     p.offer(fragment(2, actor="a", seq=2))
     waiting = asyncio.create_task(p.next_batch())
     await asyncio.sleep(0.1)
-    assert p.short_of() == {}  # "gone" may still come
-    clock[0] += 2 * max(p.cfg.actor_wait, 1.0)
-    assert p.roster() == {"a"} and p.short_of() == {"a": 2}
+    assert p.short_of() == {}
+    members.discard("gone")
+    assert p.short_of() == {"a": 2}
     waiting.cancel()
 
 
-def test_an_actor_that_says_it_has_left_leaves_the_round_at_once():
-    import json
-
-    from services.learner.progress import Progress
-
-    p = make(Counters(), fresh_capacity=100)
+async def test_the_runs_progress_comes_from_the_fragments():
+    """Every fresh fragment that passes the header check and whose rewards and done flags
+    are valid counts its steps; anything else is rejected and counts nothing."""
+    seen, counters = [], Counters()
+    p = Prefetcher(RunConfig(num_actors=1, num_envs=N, unroll_length=T, batch_size=2 * N * T), SPEC, "r1",
+                   torch.device("cpu"), lambda: 0, counters,
+                   account=lambda meta, rewards, dones: seen.append((meta["actor"], rewards.size)))
     p.offer(fragment(0, actor="a", seq=1))
-    p.offer(fragment(1, actor="b", seq=1))
-    progress, counters = Progress(), Counters()
-    stats = {"actor": "b", "steps": 32, "episodes": []}
-    assert progress.on_stats(json.dumps(stats).encode(), counters) is None
-    assert progress.on_stats(json.dumps(stats | {"left": True}).encode(), counters) == "b"
-    p.forget("b")
-    assert p.roster() == {"a"} and progress.agent_steps == 32
+    bad_dones = encode_fragment(Fragment("r1", "b", 0, np.zeros((T + 1, N, 4), np.float32), np.zeros((T, N), np.int32),
+                                         np.zeros((T, N, 2), np.float32), np.zeros((T, N), np.float32),
+                                         np.full((T, N), 7, np.uint8)))
+    nan_rewards = encode_fragment(Fragment("r1", "c", 0, np.zeros((T + 1, N, 4), np.float32),
+                                           np.zeros((T, N), np.int32), np.zeros((T, N, 2), np.float32),
+                                           np.full((T, N), np.nan, np.float32), np.zeros((T, N), np.uint8)))
+    for bad in (bad_dones, nan_rewards, fragment(1, run="other")):
+        p.offer(bad)
+    assert seen == [("a", T * N)] and counters["rejected"] == 3

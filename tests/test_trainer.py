@@ -307,3 +307,38 @@ def test_take_rows_equals_indexing_and_keeps_the_layout(layout):
     assert torch.equal(got, x[idx])
     if layout == "channels_last":
         assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_lost_life_ends_what_is_learned_but_not_the_episode():
+    """life_loss_terminal: a step where a life was lost (the game goes on) is learned as a
+    done is: no value carried past it. A time-limit bootstrap adds to that step's reward."""
+    tr = trainer(algorithm="impala")
+    batch = make_batch() | {"dones": torch.zeros(T, B, dtype=torch.uint8), "rewards": torch.ones(T, B)}
+    flags = torch.zeros(T, B, dtype=torch.uint8)
+    flags[T // 2, ::2] = 1
+    lost = tr.targets(dict(batch, life_lost=flags))["vs"]
+    done = tr.targets(dict(batch, dones=flags))["vs"]
+    free = tr.targets(dict(batch))["vs"]
+    assert torch.equal(lost, done) and not torch.allclose(lost, free)
+    boot = torch.zeros(T, B)
+    boot[T - 1] = 0.5
+    bumped = batch["rewards"].clone()
+    bumped[T - 1] += 0.5
+    assert torch.equal(tr.targets(dict(batch, bootstrap=boot))["vs"], tr.targets(dict(batch, rewards=bumped))["vs"])
+
+
+def test_the_atari_vector_env_says_when_a_life_is_lost():
+    import numpy as np
+
+    from shared.envs import VectorEnv
+
+    env = VectorEnv("ALE/Breakout-v5", 2, seed=0, num_threads=1)
+    env.reset()
+    lost = 0
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        _, _, term, trunc, _ = env.step(rng.integers(0, 4, 2))
+        assert not np.any(env.life_lost & (term | trunc))
+        lost += int(env.life_lost.sum())
+    env.close()
+    assert lost >= 4  # random play loses lives every few dozen steps

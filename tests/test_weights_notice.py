@@ -2,18 +2,19 @@
 exactly the actor whose newest fragment the learner holds act on, once; each
 actor paces itself by its own untrained fragments only; forged notices are
 rejected, never obeyed."""
+import asyncio
 import json
 import types
 
 import pytest
 
-from services.actor.actor import WeightsFeed
+from services.actor.actor import ENDED, Serving, WeightsFeed
 from shared import weights
 from shared.service import Counters
 
 
 def feed_at(version: int) -> WeightsFeed:
-    feed = WeightsFeed(types.SimpleNamespace(counters=Counters()), "run")
+    feed = WeightsFeed(types.SimpleNamespace(counters=Counters()), "run", Serving("a", 0))
     feed.ready = (version, {})
     return feed
 
@@ -21,10 +22,10 @@ def feed_at(version: int) -> WeightsFeed:
 def test_short_notice_frees_only_the_actor_whose_newest_fragment_is_held():
     feed = feed_at(64)
     feed.short = (64, {"a": 3, "b": 7})
-    assert feed._may_act(64, 1, sent=("a", 3))
-    assert not feed._may_act(64, 1, sent=("a", 4))  # a repeated notice: "a" has sent another since
-    assert not feed._may_act(64, 1, sent=("c", 3))  # an actor the learner holds nothing new from
-    assert not feed_short_of_newer_weights()._may_act(64, 1, sent=("a", 3))
+    assert feed.may_act(64, sent=("a", 3))
+    assert not feed.may_act(64, sent=("a", 4))  # a repeated notice: "a" has sent another since
+    assert not feed.may_act(64, sent=("c", 3))  # an actor the learner holds nothing new from
+    assert not feed_short_of_newer_weights().may_act(64, sent=("a", 3))
 
 
 def feed_short_of_newer_weights() -> WeightsFeed:
@@ -35,18 +36,30 @@ def feed_short_of_newer_weights() -> WeightsFeed:
 
 def test_newer_weights_and_the_actors_own_untrained_fragments_pace_it():
     feed = feed_at(64)
-    assert feed._may_act(32, 1, sent=("a", 3)) and not feed._may_act(64, 1, sent=("a", 3))
+    assert feed.may_act(32, sent=("a", 3)) and not feed.may_act(64, sent=("a", 3))
     feed.pending = {"b": 1}  # another actor's fragment of the next round came first: no reason to wait
-    assert feed._may_act(32, 1, sent=("a", 3))
+    assert feed.may_act(32, sent=("a", 3))
     feed.pending = {"a": 1, "b": 1}  # ours is not trained yet: acting now would train a batch late
-    assert not feed._may_act(32, 1, sent=("a", 3))
-    assert feed._may_act(32, 2, sent=("a", 3))  # actor_lead 2 allows one untrained
+    assert not feed.may_act(32, sent=("a", 3))
+    assert feed.may_act(None, sent=("a", 3))  # the first fragment needs only weights
+    assert not WeightsFeed(types.SimpleNamespace(counters=Counters()), "run", Serving("a", 0)).may_act(None, ("a", 0))
+
+
+async def test_the_learners_end_notice_ends_the_wait_at_once():
+    feed = feed_at(64)
+    waiting = asyncio.create_task(feed.wait_for_turn(64, ("a", 3)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await feed.on_notice(types.SimpleNamespace(data=json.dumps({"version": 64, "ended": True}).encode()))
+    await asyncio.wait_for(waiting, 5)
+    assert feed.state.left == ENDED
 
 
 def test_notices_parse_and_forged_ones_are_rejected():
     n = weights.parse_notice(json.dumps({"version": 5, "pending": {"b": 1}, "short": {"a": 2}}).encode())
     assert (n.version, n.pending, n.short) == (5, {"b": 1}, {"a": 2})
-    assert weights.parse_notice(b'{"version": 5}') == (5, {}, None)
+    assert weights.parse_notice(b'{"version": 5}') == (5, {}, None, False)
+    assert weights.parse_notice(b'{"version": 5, "ended": true}').ended
     too_many = {str(i): 1 for i in range(weights.MAX_NOTICE_ACTORS + 1)}
     for bad in ({"version": 5, "short": []}, {"version": 5, "short": {"a": -1}}, {"version": 5, "short": {"a": True}},
                 {"version": 5, "short": too_many}, {"version": 5, "pending": too_many},

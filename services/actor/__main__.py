@@ -5,7 +5,9 @@ from shared.service import base_parser, run_service
 
 def main() -> None:
     p = base_parser("Actor: steps envs with the latest policy, publishes trajectory fragments.")
-    p.add_argument("--index", type=int, default=0, help="actor index, for seeds and names")
+    p.add_argument("--index", type=int, default=None,
+                   help="a fixed slot, for seeds and names (repeatable runs); default: the registry hands out "
+                        "a distinct one to every actor process")
     p.add_argument("--run", default=None, help="serve only this run id (default: whichever is running)")
     p.add_argument("--env-threads", type=int, default=1, help="C++ threads for Atari vector envs")
     a = p.parse_args()

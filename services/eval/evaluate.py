@@ -6,8 +6,9 @@ values only); its "config" rebuilds the very network the learner trained.
 Scoring uses the same vector env as the actors (same preprocessing, raw
 returns). The recorded episode shows what the policy saw where the env's
 observations are images (the newest 84x84 frame for Atari ids, whose vector
-env renders no RGB), and Gymnasium's rgb_array rendering otherwise (none if
-the env cannot render).
+env renders no RGB; a gray or RGB observation of any other image env, and
+its episode's last one), and Gymnasium's rgb_array rendering otherwise (none
+if the env cannot render).
 """
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def as_picture(obs: np.ndarray, frame_stack: int) -> np.ndarray:
 
 def play_recorded(cfg: RunConfig, policy: Policy, seed: int) -> tuple[list[np.ndarray], float, int]:
     """One episode's frames, return and length. Image envs record the observation the
-    policy saw before each step (length frames); other envs Gymnasium's rendering
+    policy saw before each step and the episode's last observation where the env
+    keeps it (length + 1 frames; Atari ids: length); other envs Gymnasium's rendering
     after reset and after each step (length + 1). Raises EnvRefused if neither exists."""
     spec = env_spec(cfg)
     env = VectorEnv(cfg, 1, seed, num_threads=1, render=not spec.image)
@@ -95,6 +97,9 @@ def play_recorded(cfg: RunConfig, policy: Policy, seed: int) -> tuple[list[np.nd
             if not spec.image:
                 frames.append(env.render())
             if term[0] or trunc[0]:
+                last = env.final_observation(0) if spec.image else None
+                if last is not None:  # the step's obs already starts the next episode (SAME_STEP)
+                    frames.append(as_picture(last, spec.frame_stack))
                 return frames, ret, length
     finally:
         env.close()
@@ -103,15 +108,18 @@ def play_recorded(cfg: RunConfig, policy: Policy, seed: int) -> tuple[list[np.nd
 def write_gif(frames: list[np.ndarray], path: Path, max_side: int = 320) -> int:
     """Frames to an animated GIF (Pillow), the longer side scaled to max_side, each
     stamped with its index: a viewer sees the step, and no two consecutive frames
-    are identical (Pillow merges identical ones, which would lose frames)."""
+    are identical (Pillow merges identical ones, which would lose frames). Small
+    frames are enlarged by repeating pixels (nearest): a 10x5 observation stays a
+    grid of sharp pixels, where a smooth filter would blur it."""
     from PIL import Image, ImageDraw
 
     first = Image.fromarray(np.ascontiguousarray(frames[0]))
     scale = max_side / max(first.size)
     size = (max(1, round(first.size[0] * scale)), max(1, round(first.size[1] * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
     images = []
     for i, f in enumerate(frames):
-        im = Image.fromarray(np.ascontiguousarray(f)).convert("RGB").resize(size)
+        im = Image.fromarray(np.ascontiguousarray(f)).convert("RGB").resize(size, resample)
         ImageDraw.Draw(im).text((4, 2), f"step {i}", fill=(200, 0, 0))
         images.append(im)
     path.parent.mkdir(parents=True, exist_ok=True)

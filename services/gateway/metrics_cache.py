@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from nats.js.api import DeliverPolicy
 
@@ -23,7 +23,7 @@ PointSink = Callable[[str, dict], None]
 
 
 class MetricsCache:
-    def __init__(self, on_learner_point: Optional[PointSink] = None) -> None:
+    def __init__(self, on_learner_point: PointSink | None = None) -> None:
         self.on_learner_point = on_learner_point  # e.g. the TensorBoard/CSV writers
         self.learner: dict[str, list[dict]] = {}
         self.learner_last: dict[str, dict] = {}
@@ -41,8 +41,8 @@ class MetricsCache:
             run_id, source = wiring.check_run_id(parts[1]), parts[2]
             point = json.loads(msg.data)
             if not isinstance(point, dict):
-                raise ValueError("not an object")
-        except Exception:
+                raise TypeError("not an object")
+        except Exception:  # noqa: BLE001  (whatever is malformed is counted and dropped)
             self.rejected += 1
             return
         if source == "learner":
@@ -56,7 +56,7 @@ class MetricsCache:
         elif source.startswith("replay-"):
             self.replay.setdefault(run_id, {})[source] = point
 
-    def latest(self, run_id: str) -> Optional[dict]:
+    def latest(self, run_id: str) -> dict | None:
         return self.learner_last.get(run_id)
 
     def series(self, run_id: str) -> list[dict]:

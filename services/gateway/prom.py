@@ -7,7 +7,9 @@ dropped/rejected counts.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+import math
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -17,12 +19,14 @@ from services.gateway.metrics_cache import MetricsCache
 PREFIX = "impala"
 # learner point key -> (metric name, help)
 LEARNER_GAUGES = {
-    "steps_per_s": ("steps_per_second", "agent steps per second sampled by the actors"),
-    "trained_per_s": ("trained_steps_per_second", "agent steps per second trained on by the learner"),
+    # the learner's own rates over its last 10 s, the figures the dashboard and the CLI show
+    # (a scraper's rate() of the counters below gives its own window)
+    "steps_per_s": ("steps_per_second", "agent steps per second sampled by the actors, over the learner's last 10 s"),
+    "trained_per_s": ("trained_steps_per_second", "agent steps per second trained on, over the learner's last 10 s"),
     "mean_return": ("mean_return", "mean raw return of the last 100 finished episodes"),
     "policy_lag": ("policy_lag", "learner version minus the behaviour version of the last batch"),
     "data_wait_frac": ("data_wait_fraction", "share of the learner's time spent waiting for batches"),
-    "actors": ("actors", "actors that reported steps for the run"),
+    "actors": ("actors", "actors serving the run (alive by their heartbeats)"),
 }
 LEARNER_COUNTERS = {
     "agent_steps": ("agent_steps", "agent steps sampled"),
@@ -31,7 +35,7 @@ LEARNER_COUNTERS = {
     "episodes": ("episodes", "finished episodes"),
 }
 DROPPED_KEYS = ("dropped_fresh", "stale_dropped", "too_large", "slow_consumer", "actor_publish_failed")
-REJECTED_KEYS = ("rejected", "rejected_stats", "unknown_run", "bad_requests")
+REJECTED_KEYS = ("rejected", "rejected_heartbeats", "unknown_run", "bad_requests")
 
 
 class CacheCollector:
@@ -43,7 +47,8 @@ class CacheCollector:
 
     def collect(self) -> Iterator[Metric]:
         gauges = {k: GaugeMetricFamily(f"{PREFIX}_{n}", h, labels=["run"]) for k, (n, h) in LEARNER_GAUGES.items()}
-        counters = {k: CounterMetricFamily(f"{PREFIX}_{n}", h, labels=["run"]) for k, (n, h) in LEARNER_COUNTERS.items()}
+        counters = {k: CounterMetricFamily(f"{PREFIX}_{n}", h, labels=["run"])
+                    for k, (n, h) in LEARNER_COUNTERS.items()}
         queue = GaugeMetricFamily(f"{PREFIX}_queue_depth", "messages waiting in a service's queue",
                                   labels=["run", "service", "queue"])
         dropped = CounterMetricFamily(f"{PREFIX}_dropped", "messages dropped (overflow, staleness, size)",
@@ -84,7 +89,7 @@ class CacheCollector:
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
 
 
 def exposition(collector: CacheCollector) -> bytes:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,6 +74,32 @@ async def follow(stack: Stack, config: dict, timeout: float) -> dict:
         return final
 
 
+def this_machine(bind: str) -> list[str]:
+    """Names and addresses other machines may use for this one (its certificate names them
+    all), the likeliest first: the bound address, this host's IPv4 addresses, its names."""
+    names = [bind] if bind not in ("0.0.0.0", "::") else []
+    try:
+        out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=10).stdout
+        names += [line.split()[3].split("/")[0] for line in out.splitlines() if len(line.split()) > 3]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    names += [socket.getfqdn(), socket.gethostname()]
+    return [n for n in dict.fromkeys(names) if not n.startswith("127.") and n != "localhost"] or ["localhost"]
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def remote_actor_command(stack: Stack, host: str) -> str:
+    """What to run on another machine (with this repository installed) so that its actor
+    joins this stack: the actor's credential only, over TLS, trusting this stack's CA."""
+    url = stack.url_for("actor", host)
+    return (f"actors on other machines: copy {stack.tls.ca} there as ca.pem, then run\n"
+            f"  RL_NATS_URL='{url}' RL_NATS_CA=ca.pem python -m services.actor")
+
+
 def add_config_args(p: argparse.ArgumentParser) -> None:
     """The run-config flags build_config reads; shared with the CLI's train."""
     p.add_argument("--env", default="CartPole-v1", help="env id: any Gymnasium id, any ALE/<Game>-v5 (the Atari "
@@ -88,6 +116,12 @@ def main() -> None:
     add_config_args(p)
     p.add_argument("--run-dir", default=None, help="where logs, NATS data and checkpoints go")
     p.add_argument("--timeout", type=float, default=24 * 3600, help="give up after this many seconds")
+    p.add_argument("--listen", default=None, metavar="ADDR[:PORT]",
+                   help="let actors on other machines join: nats-server listens on ADDR (e.g. 0.0.0.0) and requires "
+                        "TLS, with a certificate made for this machine; prints the command that starts an actor there")
+    p.add_argument("--public-host", action="append", default=[], metavar="NAME",
+                   help="a name or address other machines use for this one (repeat; default: its hostname and "
+                        "addresses)")
     args = p.parse_args()
     config = build_config(args)
     try:
@@ -96,12 +130,19 @@ def main() -> None:
         p.error(str(e))
     print(describe(config, sized), flush=True)
     run_dir = Path(args.run_dir or ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S"))
-    stack = Stack(run_dir)
+    bind, port, public = "127.0.0.1", None, []
+    if args.listen:
+        bind, _, given = args.listen.partition(":")
+        port = int(given) if given else (4222 if port_free(4222) else None)
+        public = args.public_host or this_machine(bind)
+    stack = Stack(run_dir, nats_bind=bind, tls=bool(args.listen), tls_hosts=tuple(public))
     print(f"run dir {run_dir}; logs in {stack.logs}", flush=True)
     try:
-        stack.start_all(actors=sized.num_actors, cores=actor_cores(sized))
+        stack.start_all(actors=sized.num_actors, cores=actor_cores(sized), nats_port=port)
         print(f"nats {stack.nats_url.split('@')[-1]} | gateway {stack.gateway_url} (docs at /docs) | "
               f"API token {stack.api_token}", flush=True)
+        if args.listen:
+            print(remote_actor_command(stack, public[0]), flush=True)
         print(f"dashboard {stack.dashboard_url} | TensorBoard: tensorboard --logdir {stack.tb_dir}", flush=True)
         final = asyncio.run(follow(stack, config, args.timeout))
     except KeyboardInterrupt:

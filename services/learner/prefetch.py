@@ -1,7 +1,9 @@
 """Parallel data loading: batches are assembled ahead of the optimiser.
 
-NATS callbacks drop raw fresh fragments into a bounded deque (oldest dropped
-and counted when full). The prefetch task pulls them, asks a replay shard for
+NATS callbacks check each fresh fragment's header, count its steps and
+episodes from its rewards and done flags (the run's progress comes from the
+data, not from what actors claim: see progress.py), and drop it into a bounded
+deque (oldest dropped and counted when full). The prefetch task pulls them, asks a replay shard for
 its share, decodes and validates in a thread pool, drops fragments staler
 than max_policy_lag, collates, and moves the batch to the device (pinned
 memory and non-blocking copies on a side stream on CUDA), keeping up to
@@ -19,26 +21,37 @@ import math
 import time
 from typing import Awaitable, Callable, Optional
 
+import numpy as np
 import torch
 
 from services.learner.progress import SequenceGaps
 from shared import wire, wiring
 from shared.config import RunConfig
 from shared.envs import EnvSpec
-from shared.fragment import Fragment, check_header, collate, decode_fragment
+from shared.fragment import Fragment, check_header, collate, decode_fragment, decode_outcomes
 from shared.service import Counters
 
 log = logging.getLogger("learner.prefetch")
+MAX_HEARD = 4096  # actors remembered by their last fragment: forged ids cannot grow it without bound
 
 ReplayFetch = Callable[[int], Awaitable[list[bytes]]]
+# Called with each fresh fragment's checked meta, rewards and done flags (the run's progress).
+Account = Callable[[dict, np.ndarray, np.ndarray], None]
 
 
 class Prefetcher:
     def __init__(self, cfg: RunConfig, spec: EnvSpec, run_id: str, device: torch.device,
                  version: Callable[[], int], counters: Counters, replay: Optional[ReplayFetch] = None,
                  pool: Optional[concurrent.futures.Executor] = None, fresh_capacity: Optional[int] = None,
-                 columns: Optional[int] = None, gaps: Optional[SequenceGaps] = None, share: tuple[int, int] = (0, 1)):
+                 columns: Optional[int] = None, gaps: Optional[SequenceGaps] = None, share: tuple[int, int] = (0, 1),
+                 members: Optional[Callable[[], set[str]]] = None, account: Optional[Account] = None,
+                 lost: Optional[Callable[[str], None]] = None):
+        """members: the actors serving the run (their heartbeats); default: those heard from.
+        account / lost: the run's progress (rank 0 only): each fragment's outcomes, and an
+        actor whose messages went missing."""
         self.cfg, self.spec, self.run_id, self.device = cfg, spec, run_id, device
+        self.members = members or (lambda: set(self.heard))
+        self.account, self.lost = account, lost
         self.rank, self.world = share  # this rank takes its 1/world of every fragment's env columns
         self.version, self.counters, self.replay = version, counters, replay
         self.pool = pool or concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="decode")
@@ -49,8 +62,11 @@ class Prefetcher:
         # they are in the pipeline (queued, decoding, a split fragment's rest, assembled batches).
         self.pending: collections.Counter[str] = collections.Counter()
         self.assembled: collections.deque[collections.Counter[str]] = collections.deque()  # per batch made, not yet trained
-        self.heard: dict[str, float] = {}  # actor -> when its newest fragment arrived (see `roster`)
+        self.heard: dict[str, float] = {}  # actor -> when its newest fragment arrived
         self.first_heard: Optional[float] = None  # when the run's first fragment arrived (see `short_of`)
+        self.benched: set[str] = set()  # actors that missed a round's deadline, until they send again
+        self.round_started: Optional[float] = None  # when the weights of the current round went out
+        self.round_wait_max = 0.0  # the longest a round's batch waited for its last actor (seconds)
         self.clock: Callable[[], float] = time.monotonic
         self.fresh_capacity = fresh_capacity or max(8, 4 * per_batch)
         self.arrived = asyncio.Event()
@@ -66,16 +82,25 @@ class Prefetcher:
         exactly once and none is queued."""
         try:
             meta = check_header(data, self.run_id, self.spec, self.cfg.unroll_length)
+            outcomes = decode_outcomes(data, meta) if self.account is not None else None
         except wire.WireError:
             self.counters.inc("rejected")
             return
-        if self.gaps is not None and (lost := self.gaps.observe(meta["actor"], meta.get("seq", 0))):
+        actor = meta["actor"]
+        if self.gaps is not None and (lost := self.gaps.observe(actor, meta.get("seq", 0))):
             self.counters.inc("lost_in_transit", lost)
+            if self.lost is not None:
+                self.lost(actor)
+        if outcomes is not None:
+            self.account(meta, *outcomes)
         self.counters.inc("fresh_fragments")
         self.counters.inc("fresh_bytes", len(data))
-        self.heard[meta["actor"]] = self.clock()
+        self.heard[actor] = self.clock()
+        if len(self.heard) > MAX_HEARD:
+            del self.heard[min(self.heard, key=self.heard.get)]
+        self.benched.discard(actor)  # it has caught up: it takes part in rounds again
         if self.first_heard is None:
-            self.first_heard = self.heard[meta["actor"]]
+            self.first_heard = self.heard[actor]
         lo, hi = self.my_columns(meta["columns"])
         if hi == lo:  # a fragment of fewer envs than ranks: none of it is this rank's
             return
@@ -112,26 +137,22 @@ class Prefetcher:
         return -(-columns // max(1, self.cfg.num_envs // self.world))
 
     def pending_fragments(self) -> dict[str, int]:
-        """Per actor: its fragments received and not yet trained on. Each actor paces itself
-        by its own count (actor_lead), so it must count columns wherever they are: one
-        that is being decoded or assembled, left out, would let its actor act ahead on
-        old weights (a policy lag of one batch) while the learner is still busy. Why per
-        actor rather than one backlog: with one, a fragment of the next round that came
-        early held every other actor back until actor_wait ran out (docs/benchmarks.md)."""
+        """Per actor: its fragments received and not yet trained on. Each actor in sync
+        flow paces itself by its own count, so it must count columns wherever they are:
+        one that is being decoded or assembled, left out, would let its actor act ahead
+        on old weights (a policy lag of one batch) while the learner is still busy. Why
+        per actor rather than one backlog: with one, a fragment of the next round that
+        came early would hold every other actor back."""
         return {actor: self._fragments(columns) for actor, columns in self.pending.items()}
 
     def roster(self) -> set[str]:
-        """The actors taking part: each heard from within twice actor_wait (an actor
-        acting at lag 0 sends a fragment every round, and waits at most actor_wait
-        between rounds; one that sends nothing for that long has left or stalled)."""
-        horizon = self.clock() - 2 * max(self.cfg.actor_wait, 1.0)
-        for actor in [a for a, t in self.heard.items() if t < horizon]:
-            del self.heard[actor]
-        return set(self.heard)
+        """The actors a round waits for: those serving the run (alive by their heartbeats)
+        less those that missed a round's deadline and have not sent a fragment since."""
+        return self.members() - self.benched
 
-    def forget(self, actor: str) -> None:
-        """The actor has left the run (its last stats message says so)."""
-        self.heard.pop(actor, None)
+    def new_round(self) -> None:
+        """New weights went out: the actors' next fragments are a new round (sync flow)."""
+        self.round_started = self.clock()
 
     def awaited(self) -> bool:
         """Some actor has no fragment here: it is waiting for the next weights (or none
@@ -142,23 +163,33 @@ class Prefetcher:
     def short_of(self) -> dict[str, int]:
         """While a partial batch waits for more fresh fragments and every actor taking
         part (`roster`) has one in it: each of them and the sequence number of its newest
-        fragment there (empty otherwise). Actors pacing themselves wait for weights that
-        cannot come until more data does, so they may act again on the weights they have.
+        fragment there (empty otherwise). Actors in sync flow wait for weights that cannot
+        come until more data does, so they may act again on the weights they have.
+
         Empty while the round is still coming in: an actor let go early would fill the
         batch with its own next fragment, and the late actor's fragment would then train
-        with the next batch, a version late. For the same reason it is empty while fewer
-        than the config's num_actors have been heard from, for half of actor_wait after
-        the run's first fragment: at the start the actors that start last would otherwise
-        find the first batches filled by the first one, a race that made a seed's run
-        differ from one run to the next (bench/repeatable.py). Half: where fewer actors
-        run than the config says, the waiting actor is freed before its own wait runs out."""
-        if (len(self.roster()) < self.cfg.num_actors and self.first_heard is not None
-                and self.clock() - self.first_heard < self.cfg.actor_wait / 2):
+        with the next batch, a version late. But a round waits at most round_deadline_s
+        from its weights' publication: then the actors with nothing in it are benched
+        (left out of rounds until they send again) and the round goes on without them.
+        For the same reason it is empty while fewer than the config's num_actors serve
+        the run, for round_deadline_s after the run's first fragment: at the start the
+        actors that start last would otherwise find the first batches filled by the
+        first one, a race that made a seed's run differ from one run to the next."""
+        now = self.clock()
+        if (len(self.members()) < (self.cfg.num_actors or 1) and self.first_heard is not None
+                and now - self.first_heard < self.cfg.round_deadline_s):
             return {}
         have: dict[str, int] = {}
         for f in self.waiting_with:
             have[f.actor_id] = max(f.seq, have.get(f.actor_id, 0))
-        return have if self.roster() <= have.keys() else {}
+        roster = self.roster()
+        waited = now - self.round_started if self.round_started is not None else 0.0
+        if roster - have.keys() and have and waited >= self.cfg.round_deadline_s:
+            late = roster - have.keys() - set(self.pending)
+            self.benched |= late
+            self.counters.inc("round_deadline_missed", len(late))
+            roster -= late
+        return have if have and roster <= have.keys() else {}
 
     async def subscribe(self, nc) -> object:
         """Receive all of this run's fresh fragments (every rank: see `my_columns`)."""
@@ -212,6 +243,8 @@ class Prefetcher:
             parts.append(f)
             fresh_parts.append(f)
             fresh_cols += f.num_columns
+        if fresh_parts and self.round_started is not None:
+            self.round_wait_max = max(self.round_wait_max, self.clock() - self.round_started)
         # Fresh columns in the order of their env seeds, not of arrival. Why: which actor's
         # fragment of a round comes first is a race, and a minibatch takes samples by column,
         # so a swap changed the whole run after it; ordered, a seed's run at policy lag 0

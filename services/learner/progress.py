@@ -1,82 +1,51 @@
-"""Run progress the learner aggregates from actor stats messages."""
+"""A run's progress, counted by the learner from the fragments it validated.
+
+An actor host is outside the trust boundary, so nothing it *claims* moves a
+run: agent steps are the steps of the fragments that passed validation, and
+episode returns are summed from their raw rewards and done flags. A forged
+stats or heartbeat message cannot end a run or change its counters; a forged
+fragment is data, trained on like any other, and bounded like any other.
+"""
 from __future__ import annotations
 
 import collections
-import json
-import math
 import time
 from typing import Optional
 
-from shared import wire
-from shared.service import Counters
-
-MAX_EPISODES_PER_MSG = 10_000
+import numpy as np
 
 
 class Progress:
-    """Agent steps (sum of each actor's cumulative count), the last 100 episode
-    returns, and when the target was first reached."""
+    """Agent steps, the last 100 episode returns, and when the target was first reached."""
 
     def __init__(self, window: int = 100, steps_offset: int = 0, episodes_offset: int = 0):
-        self.actor_steps: dict[str, int] = {}
-        self.steps_offset = steps_offset
+        self.steps = 0  # agent steps of validated fresh fragments, this session
+        self.steps_offset = steps_offset  # the steps of earlier sessions (a resumed run)
         self.returns: collections.deque[float] = collections.deque(maxlen=window)
         self.lengths: collections.deque[int] = collections.deque(maxlen=window)
         self.episodes = episodes_offset
-        # Per actor, cumulative: fragments acted after a flow-control wait ran out, and
-        # messages the broker refused (whatever the cause, they never reach the learner).
-        self.actor_counts: dict[str, dict[str, int]] = {"wait_timeouts": {}, "publish_failed": {}}
         self.solved: Optional[dict] = None
 
     @property
     def agent_steps(self) -> int:
-        return self.steps_offset + sum(self.actor_steps.values())
+        return self.steps_offset + self.steps
 
     @property
     def mean_return(self) -> Optional[float]:
         return sum(self.returns) / len(self.returns) if self.returns else None
 
     @property
-    def wait_timeouts(self) -> int:
-        """Fragments any actor acted after its wait for newer weights ran out (actor_wait):
-        each such fragment trains at a policy lag, so a lag-0 run should count none."""
-        return sum(self.actor_counts["wait_timeouts"].values())
-
-    @property
-    def publish_failed(self) -> int:
-        """Messages (fragments or their parts) the actors could not publish. The learner's
-        sequence gaps (lost_in_transit) see one only when a later message arrives; an
-        actor none of whose messages get through shows up here alone."""
-        return sum(self.actor_counts["publish_failed"].values())
-
-    @property
     def window_full(self) -> bool:
         return len(self.returns) == self.returns.maxlen
 
-    def on_stats(self, data: bytes, counters: Counters) -> Optional[str]:
-        """Apply one actor stats message; malformed ones are counted and ignored.
-        Returns the actor's id if the message says it has left the run."""
-        try:
-            msg = json.loads(data)
-            actor, steps, episodes = msg["actor"], msg["steps"], msg["episodes"]
-            if not (isinstance(actor, str) and 0 < len(actor) <= 128 and isinstance(steps, int) and steps >= 0
-                    and isinstance(episodes, list) and len(episodes) <= MAX_EPISODES_PER_MSG):
-                raise ValueError("bad field")
-            parsed = [(float(r), int(n)) for r, n in episodes]
-            if not all(math.isfinite(r) for r, _ in parsed):
-                raise ValueError("non-finite return")
-        except (ValueError, KeyError, TypeError, RecursionError):  # deeply nested JSON recurses
-            counters.inc("rejected_stats")
-            return None
-        self.actor_steps[actor] = max(steps, self.actor_steps.get(actor, 0))
-        for key, per_actor in self.actor_counts.items():
-            if wire.is_count(count := msg.get(key)):
-                per_actor[actor] = max(count, per_actor.get(actor, 0))
-        for r, n in parsed:
-            self.returns.append(r)
-            self.lengths.append(n)
+    def add_steps(self, n: int) -> None:
+        self.steps += n
+
+    def add_episodes(self, finished: list[tuple[float, int]]) -> None:
+        for ret, length in finished:
+            self.returns.append(ret)
+            self.lengths.append(length)
             self.episodes += 1
-        return actor if msg.get("left") is True else None
 
     def check_solved(self, target: Optional[float], elapsed: float) -> bool:
         if target is None or not self.window_full or self.mean_return < target:
@@ -84,6 +53,45 @@ class Progress:
         if self.solved is None:
             self.solved = {"agent_steps": self.agent_steps, "seconds": elapsed, "time": time.time()}
         return True
+
+
+class EpisodeTracker:
+    """Episode returns and lengths summed from each actor's fragments, env column by
+    env column, across fragments. An episode counts only if every one of its steps
+    was seen: a column is known from the start of the actor's run (a fragment with
+    t0 0, when the actor has just reset its envs) or from its first done flag, and a
+    gap in the actor's messages (lost in transit) forgets all its open episodes.
+    Remembers at most `max_actors` actors (least recently seen forgotten), so forged
+    actor ids cannot grow it without bound."""
+
+    def __init__(self, num_envs: int, max_actors: int = 4096):
+        self.num_envs, self.max_actors = num_envs, max_actors
+        self.open: collections.OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = collections.OrderedDict()
+
+    def add(self, actor: str, col0: int, t0: int, rewards: np.ndarray, dones: np.ndarray) -> list[tuple[float, int]]:
+        """One message's columns col0.. of `actor`: the episodes it completes (raw return, length)."""
+        state = self.open.pop(actor, None)
+        if state is None:
+            state = (np.zeros(self.num_envs), np.zeros(self.num_envs, np.int64), np.zeros(self.num_envs, bool))
+        self.open[actor] = state
+        if len(self.open) > self.max_actors:
+            self.open.popitem(last=False)
+        ret, length, known = (a[col0:col0 + rewards.shape[1]] for a in state)
+        if t0 == 0:
+            known[:], ret[:], length[:] = True, 0.0, 0
+        finished = []
+        for t in range(rewards.shape[0]):
+            ret += rewards[t]
+            length += 1
+            for i in np.flatnonzero(dones[t]):
+                if known[i]:
+                    finished.append((float(ret[i]), int(length[i])))
+                ret[i], length[i], known[i] = 0.0, 0, True
+        return finished
+
+    def lost(self, actor: str) -> None:
+        """Messages of `actor` went missing: its open episodes cannot be counted."""
+        self.open.pop(actor, None)
 
 
 class SequenceGaps:

@@ -29,7 +29,7 @@ def minibatch_indices(T: int, B: int, n: int, seed: int, offset: int = 0,
 
     Why single samples and not whole columns: T consecutive steps of one env
     are nearly one sample, so a minibatch of a few columns gives a gradient of
-    a few envs (measured on Pong: no learning in 300k steps); PPO shuffles
+    a few envs (Pong did not learn with it: docs/decisions.md); PPO shuffles
     samples for the same reason. The keys are drawn for the *global* batch
     (`global_columns`, this rank's columns starting at `offset`) from a seed
     every rank shares, so N ranks take exactly the minibatch one device would."""
@@ -42,9 +42,8 @@ def minibatch_indices(T: int, B: int, n: int, seed: int, offset: int = 0,
 
 def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x[idx] along dim 0, one contiguous copy per row, in x's memory format.
-    Why: advanced indexing walks a channels-last 4-D tensor element by element
-    (1.9 ms for a minibatch of 128 Pong samples on this CPU, against 0.23 ms as
-    rows of the NHWC view); it was 7 % of a learner step in a CPU profile."""
+    Why: advanced indexing walks a channels-last 4-D tensor element by element,
+    several times slower than copying rows of the NHWC view."""
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         n, c, h, w = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(n, h * w * c).index_select(0, idx)
@@ -58,11 +57,10 @@ def use_bf16(setting: str, device: torch.device, image: bool,
     models on CUDA; on a CPU with bf16 instructions (AVX512-BF16 or AMX; without
     them oneDNN emulates bf16, slower than float32), only if `faster_in_bf16()`
     says so when timed on the model itself. Why time it: the instructions are no
-    promise of speed. On the Zen 4 VM bf16 trained the Pong model 1.4-1.6x
-    faster; on a Xeon VM (Emerald Rapids, AMX not exposed) it was 15 % slower
-    (docs/benchmarks.md). Vector models stay in float32: their values are
-    unclipped returns (CartPole: up to 500), which bf16's 8-bit mantissa would
-    round by up to 2."""
+    promise of speed (on one CPU kind bf16 was much faster, on another slower;
+    docs/decisions.md). Models of unclipped rewards stay in float32: their values
+    are unclipped returns (CartPole: up to 500), which bf16's 8-bit mantissa
+    would round by up to 2."""
     if setting != "auto":
         return setting == "on"
     if not image:
@@ -107,8 +105,7 @@ class Trainer:
         self.target_loads = 0  # times the target network's weights were set: a batch's cached targets name it
         if cfg.algorithm == "appo":
             self.target = copy.deepcopy(self.model).requires_grad_(False)
-        # Fused Adam: one kernel over all parameters; on CPU the per-tensor version
-        # took 4 of the 39 ms of a 128-sample step of the Pong model.
+        # Fused Adam: one kernel over all parameters, not one per tensor.
         self.fused = self.device.type in ("cpu", "cuda")
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps,
                                     fused=self.fused or None)
@@ -126,9 +123,9 @@ class Trainer:
         self.input_dtype = torch.bfloat16 if self.autocast and self.model.image else torch.float32
         self._spare_input: Optional[torch.Tensor] = None  # the model input of the batch that left the buffer
         self.acted_version = 0  # the updates up to the end of the last train_on: the weights actors act on
-        # torch.compile of the forward and losses. Why: on a GPU the learner's step was bound
-        # by its ~300 kernel launches (an H200 busy 12-15 % of a 9.2 ms Pong step); compiled,
-        # they fuse, and "reduce-overhead" replays each step as one CUDA graph. The entropy
+        # torch.compile of the forward and losses. Why: on a GPU the learner's step of this
+        # small model is bound by its few hundred kernel launches; compiled, they fuse, and
+        # "reduce-overhead" replays each step as one CUDA graph. The entropy
         # weight goes in as a tensor: a float would be a constant of the graph, recompiled
         # at each new value of its schedule.
         self._compiled: Optional[Callable[..., dict[str, torch.Tensor]]] = None
@@ -164,9 +161,9 @@ class Trainer:
 
         Why epochs: the passes over the new batch are the ones the actors' next
         fragment is acted on; with reuse the other passes of a batch come in later
-        steps, after the actors have acted on a policy that saw it once. On Pong
-        (bench/sync_loop.py, docs/benchmarks.md) 4 epochs and no reuse learned
-        faster per agent step than 4-fold reuse, at the same 32 optimiser steps."""
+        steps, after the actors have acted on a policy that saw it once. On Pong 4
+        epochs and no reuse learned faster per agent step than 4-fold reuse, at the
+        same 32 optimiser steps (docs/decisions.md)."""
         older = [] if self.trained_ahead else self._staying()
         if len(self.reuse_buffer) == self.reuse_buffer.maxlen:  # the oldest batch leaves: recycle its input
             self._spare_input = self.reuse_buffer[0].pop("model_input", None)
@@ -250,9 +247,8 @@ class Trainer:
         For APPO they are kept in the batch until the target network changes. Why:
         they depend only on the batch and the target's weights, and the preset's
         target changes every 16 optimiser steps, every second pass of 8, so half its
-        forward passes over the whole batch computed what the last pass had. Kept,
-        the learner's ceiling rose from 814 to 903 fresh agent steps/s (bench/learner.py,
-        2-core Zen 3), and the weights are the same, bit for bit (tests/test_trainer.py)."""
+        forward passes over the whole batch computed what the last pass had. The
+        weights are the same, bit for bit (tests/test_trainer.py)."""
         cfg = self.cfg
         cached = batch.get("targets")
         if self.target is not None and cached is not None and cached[0] == self.target_loads:
@@ -267,7 +263,12 @@ class Trainer:
         rewards = batch["rewards"].float()
         if self.spec.clip_rewards:
             rewards = rewards.clamp(-1.0, 1.0)
-        discounts = cfg.gamma * (1.0 - batch["dones"].float())
+        if "bootstrap" in batch:  # time-limit cuts: gamma * V(final observation), learned with the last reward
+            rewards = rewards + batch["bootstrap"].float()
+        ends = batch["dones"].float()
+        if "life_lost" in batch:  # a lost life ends what is learned, not the game (life_loss_terminal)
+            ends = torch.maximum(ends, batch["life_lost"].float())
+        discounts = cfg.gamma * (1.0 - ends)
         vt = losses.vtrace_targets(batch["logits"], ref_logits, batch["actions"], rewards, discounts,
                                    ref_values[:T], ref_values[T], rho_bar=cfg.rho_bar, c_bar=cfg.c_bar,
                                    lambda_=cfg.vtrace_lambda, normalize_advantages=cfg.normalize_advantages)

@@ -45,7 +45,7 @@ class ReplayShard:
 
     async def main(self, stop: asyncio.Event) -> None:
         self.nc = await bus.connect(self.nats_url, f"replay-{self.shard}", self.counters)
-        self.assets = await bus.ensure_assets(self.nc)
+        self.assets = await bus.ensure_assets(self.nc, create=False)
         await self.nc.subscribe(wiring.TRAJ_WILDCARD, queue=wiring.REPLAY_QUEUE, cb=self._on_traj,
                                 pending_msgs_limit=4096, pending_bytes_limit=256 * 1024 * 1024)
         await self.nc.subscribe(wiring.REPLAY_SAMPLE_WILDCARD, queue=wiring.REPLAY_QUEUE, cb=self._on_sample)

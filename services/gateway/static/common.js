@@ -31,6 +31,16 @@ async function api(method, path, body) {
   return data;
 }
 
+// Text from the API placed in innerHTML: a run's reason may quote whatever an env raised.
+function esc(v) {
+  return String(v === null || v === undefined ? "" : v).replace(/[&<>"']/g,
+    c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"})[c]);
+}
+
+// A running run that no actor serves makes no progress: say so, and how to start one.
+const ACTOR_HINT = "python -m services.actor --nats URL";
+function starved(run) { return run.state === "running" && !run.actors; }
+
 function num(v, digits) {
   if (v === null || v === undefined || !Number.isFinite(v)) return "-";
   return v.toLocaleString(undefined, {maximumFractionDigits: digits === undefined ? 1 : digits});
