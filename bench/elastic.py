@@ -57,7 +57,7 @@ def main() -> None:
     p.add_argument("--phase", type=float, default=25)
     a = p.parse_args()
     config = json.loads((ROOT / "configs" / "cartpole.json").read_text())
-    config.update(num_envs=32, unroll_length=32, batch_size=1024, actor_wait=0.0, target_return=None,
+    config.update(num_envs=32, unroll_length=32, batch_size=1024, flow="async", target_return=None,
                   max_seconds=3600, publish_interval=1.0, num_actors=1)
     with hosted_stack(3) as hs:
         result = asyncio.run(elastic(hs, config, a.phase))

@@ -59,9 +59,10 @@ def main() -> None:
         # optimiser steps between a batch's behaviour weights and its training; 0 when synchronous
         "policy_lag_max": max(lags, default=None),
         "policy_lag_share": sum(lag > 0 for lag in lags) / len(lags) if lags else None,  # of metrics points
-        # every fresh batch, the ones trained at a lag above 0, and the fragments acted after an
-        # actor's wait for newer weights ran out (actor_wait): what breaks lag 0 at actor_lead 1
-        "batches": {k: final["counters"].get(k, 0) for k in ("fresh_batches", "lagged_batches", "actor_wait_timeouts")},
+        # every fresh batch, the ones trained at a lag above 0, and the actors left out of a sync
+        # round for missing its deadline: what breaks lag 0
+        "batches": {k: final["counters"].get(k, 0) for k in ("fresh_batches", "lagged_batches",
+                                                             "round_deadline_missed")},
         "best_mean_return": max((r[2] for r in rows), default=None),
         "curve": rows, "plot": png.name if rows else None,
         # a policy that is not learning stays near log(actions); a collapsing one falls fast

@@ -9,9 +9,9 @@ by env seed, three 2-actor runs of the Pong preset ended with three different we
 
     python bench/repeatable.py [--runs 2] [--steps 40960] [--config configs/pong.json] [--set key=value ...]
 
-Not a test: at policy lag 0 a run repeats only while no actor's wait for weights times out
-(actor_wait), which a busy machine can make happen; and the float sums repeat only on the
-same CPU kind with the same thread counts.
+Not a test: at policy lag 0 a run repeats only while no actor misses a round's deadline
+(round_deadline_s), which a busy machine can make happen; and the float sums repeat only on
+the same CPU kind with the same thread counts.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The learner is slowed honestly, without test hooks: a wide MLP (hidden 1024),
 big batches trained 4 times each, one torch thread, and `nice 19`, while the
-actors run free (actor_wait 0) with many envs. Every bounded queue then
+actors run free (async flow) with many envs. Every bounded queue then
 overflows all the time: fresh fragments drop oldest-first (dropped_fresh),
 stale ones are dropped (stale_dropped), replay evicts. Peak RSS of every
 process is sampled each second; the result says whether each stayed within
@@ -79,7 +79,7 @@ def main() -> None:
     p.add_argument("--actors", type=int, default=2)
     a = p.parse_args()
     config = json.loads((ROOT / "configs" / "cartpole.json").read_text())
-    config.update(num_envs=32, unroll_length=32, batch_size=4096, hidden_size=1024, reuse=4, actor_wait=0.0,
+    config.update(num_envs=32, unroll_length=32, batch_size=4096, hidden_size=1024, reuse=4, flow="async",
                   learner_threads=1, target_return=None, max_seconds=a.seconds + 600, publish_interval=1.0,
                   replay_proportion=0.25, replay_capacity=400, replay_capacity_mb=64.0,
                   checkpoint_interval_s=30.0)

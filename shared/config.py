@@ -339,7 +339,7 @@ def resolve_sizes(cfg: RunConfig, cpus: Optional[int] = None, devices: Optional[
     newest weights and every batch trains at policy lag 0 (2 actors x 4 envs for
     the Atari preset on 2 cores, 8 x 1 on 16). With num_actors given, each actor gets
     enough envs for a round to fill a batch; with num_envs given, one actor per core
-    the actors have. learner_threads: about half the cores."""
+    the actors have. learner_threads: about half the cores for Atari, else 1."""
     cpus = cpus or os.cpu_count() or 2
     if devices is None:
         devices = _learner_devices()
@@ -354,7 +354,10 @@ def resolve_sizes(cfg: RunConfig, cpus: Optional[int] = None, devices: Optional[
         num_envs = min(MAX_ENVS_PER_ACTOR, -(-share // devices) * devices)
     if num_actors is None:
         num_actors = cores
-    threads = cfg.learner_threads or max(1, min(8, cpus // 2 + 1))
+    # Learner threads: about half the cores for Atari's conv nets; one for everything else, whose
+    # small ops gain nothing from a second thread and, on a busy machine, lose much to OpenMP
+    # barriers waiting for a descheduled thread (docs/decisions.md).
+    threads = cfg.learner_threads or (max(1, min(8, cpus // 2 + 1)) if cfg.family == "atari" else 1)
     return cfg.model_copy(update={"num_actors": num_actors, "num_envs": num_envs, "learner_threads": threads})
 
 

@@ -65,7 +65,9 @@ def test_resolve_sizes_fills_only_what_is_missing():
     given = RunConfig(num_actors=4, num_envs=2, learner_threads=1)
     assert resolve_sizes(given, cpus=16).model_dump() == given.model_dump()
     assert resolve_sizes(RunConfig(num_envs=8), cpus=16, devices=1).num_actors == 15
-    assert resolve_sizes(cart, cpus=2).learner_threads == 2 and resolve_sizes(cart, cpus=16).learner_threads == 8
+    assert resolve_sizes(cart, cpus=2).learner_threads == 1 and resolve_sizes(cart, cpus=16).learner_threads == 1
+    pong = RunConfig(env_id="ALE/Pong-v5")
+    assert resolve_sizes(pong, cpus=2).learner_threads == 2 and resolve_sizes(pong, cpus=16).learner_threads == 8
 
 
 def test_one_round_of_the_sized_actors_is_one_batch():

@@ -27,8 +27,6 @@ from PIL import Image
 from services.launcher.stack import ROOT
 from shared.client import GatewayClient, GatewayError
 
-if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the repository root off sys.path
-    sys.path.insert(0, str(ROOT))
 
 from tests.pixel_envs import BALL_GRAY, PixelCatch, random_mean_return  # noqa: E402
 

@@ -21,7 +21,7 @@ PRESET = json.loads((ROOT / "configs" / "cartpole.json").read_text())
 # A slower learning rate (about 400k agent steps to 475 instead of 125k) so that even on an
 # idle machine the run is still going when the faults are injected (~20 s in), yet still
 # reaches the target after them.
-FAULT_CONFIG = dict(PRESET, learning_rate=1e-4, checkpoint_interval_s=2.0, heartbeat_timeout_s=8.0,
+FAULT_CONFIG = dict(PRESET, num_actors=2, learning_rate=1e-4, checkpoint_interval_s=2.0, heartbeat_timeout_s=8.0,
                     max_seconds=600)
 
 

@@ -67,7 +67,8 @@ async def replay_shard_counters(js, run_id: str) -> dict:
 async def test_bad_messages_are_counted_and_training_goes_on(fuzz_stack):
     stack = fuzz_stack
     rng = np.random.default_rng(7)
-    nc = await bus.connect(stack.nats_url, "fuzzer")
+    nc = await bus.connect(stack.url_for("actor"), "fuzzer", inbox_prefix=wiring.ACTOR_INBOX_PREFIX)  # an actor host
+    observer = await bus.connect(stack.nats_url, "observer")  # trusted: reads fragments and the metrics stream
     try:
         async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
             await gw.wait_ready()
@@ -79,7 +80,7 @@ async def test_bad_messages_are_counted_and_training_goes_on(fuzz_stack):
                 if captured.empty():
                     captured.put_nowait(msg.data)
 
-            sub = await nc.subscribe(wiring.traj(rid), cb=grab)
+            sub = await observer.subscribe(wiring.traj(rid), cb=grab)
             real = await asyncio.wait_for(captured.get(), 180)
             await sub.unsubscribe()
             before = await _settled(gw, rid)
@@ -112,7 +113,7 @@ async def test_bad_messages_are_counted_and_training_goes_on(fuzz_stack):
             assert after["counters"]["rejected"] == want_learner
             assert after["counters"]["rejected_heartbeats"] == want_heartbeats
             assert after["replay"]["rejected"] == before["replay"].get("rejected", 0) + sent_traj
-            shard = await replay_shard_counters(nc.jetstream(), rid)
+            shard = await replay_shard_counters(observer.jetstream(), rid)
             assert shard["shard_counters"].get("unknown_run", 0) >= len(ghost)
             with pytest.raises(MaxPayloadError):  # oversized messages never leave the client
                 await nc.publish(wiring.traj(rid), b"\0" * (nc.max_payload + 1))
@@ -126,6 +127,7 @@ async def test_bad_messages_are_counted_and_training_goes_on(fuzz_stack):
             assert proc.poll() is None, f"{name} died"
     finally:
         await nc.close()
+        await observer.close()
 
 
 async def _wait(gw: GatewayClient, rid: str, ok, timeout: float = 120) -> dict:

@@ -5,7 +5,6 @@ nature_cnn from there) that runs forward and backward; refusals say why."""
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -13,10 +12,7 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from services.launcher.stack import ROOT
 
-if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the repository root off sys.path
-    sys.path.insert(0, str(ROOT))
 
 from services.eval.evaluate import evaluate  # noqa: E402
 from shared.config import RunConfig  # noqa: E402

@@ -22,7 +22,6 @@ learner that is gone shows as unanswered heartbeats, and the actor leaves. In
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import json
 import logging
@@ -50,6 +49,7 @@ HEARTBEAT_S = 1.0
 HEARTBEAT_MISSES = 3  # unanswered heartbeats in a row: the run's learner is gone
 WEIGHTS_POLL_S = 5.0  # a lost notice costs at most this long
 ERROR_BACKOFF_S = 10.0
+ENDED_GUARD_S = 5.0  # how long an actor does not rejoin a run it saw end
 # Why an actor leaves a run (the learner's answers say the first two, or why else).
 ENDING, ENDED, UNANSWERED = "the run is ending", "the run ended", "its learner does not answer"
 
@@ -143,15 +143,18 @@ class Actor:
                     self.counters.inc("bad_replies")
                 await _sleep_or_stop(stop, 1.0)
         log.info("actor %s ready in slot %s", self.host, self.slot)
-        ended: collections.deque[str] = collections.deque(maxlen=64)  # runs this actor saw end
+        ended: dict[str, float] = {}  # run -> when this actor saw it end
         while not stop.is_set():
             assignment = await self._assignment()
-            if assignment is None or assignment[0] in ended:  # a registry may still list a run that just ended
+            # A registry may list a run that just ended for a moment (it caches the run list);
+            # the same run may also be resumed later, so the guard only lasts a few seconds.
+            if assignment is None or time.monotonic() - ended.get(assignment[0], -ENDED_GUARD_S) < ENDED_GUARD_S:
                 await _sleep_or_stop(stop, 1.0)
                 continue
             try:
                 if await self._serve(*assignment, stop) in (ENDING, ENDED):
-                    ended.append(assignment[0])
+                    ended = {r: t for r, t in ended.items() if time.monotonic() - t < ENDED_GUARD_S}
+                    ended[assignment[0]] = time.monotonic()
             except Exception:
                 log.exception("actor %s: run %s failed here; going idle", self.slot, assignment[0])
                 await _sleep_or_stop(stop, 1.0)
