@@ -13,31 +13,10 @@ import json
 from pathlib import Path
 
 from atari_scores import RANDOM_HUMAN, human_normalized
-from common import RESULTS, curve, first_reach, run_on_stack, whole_config, write_result
+from common import RESULTS, curve, first_reach, plot_curve, run_on_stack, whole_config, write_result
 
 from shared.config import RunConfig, apply_overrides
 from shared.envs import ale_options
-
-
-def plot(rows: list[list[float]], path: Path, title: str, random_human: tuple[float, float] | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, col, label in ((axes[0], 0, "agent steps"), (axes[1], 1, "seconds")):
-        ax.plot([r[col] for r in rows], [r[2] for r in rows])
-        if random_human:
-            for score, name in zip(random_human, ("random", "human")):
-                ax.axhline(score, color="gray", linestyle="--", linewidth=0.8)
-                ax.annotate(name, (0, score), fontsize=7, color="gray", va="bottom")
-        ax.set_xlabel(label)
-        ax.set_ylabel("mean raw return (last 100 episodes)")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 def run(a: argparse.Namespace) -> None:
@@ -51,8 +30,9 @@ def run(a: argparse.Namespace) -> None:
     rows = curve(points)
     png = RESULTS / f"{name}.png"
     if rows:
-        plot(rows, png, f"{env_id}, {a.steps:,} agent steps, sticky {ale['sticky_actions']} ({final['state']})",
-             RANDOM_HUMAN.get(ale["game"]))
+        scores = RANDOM_HUMAN.get(ale["game"])
+        plot_curve(rows, png, f"{env_id}, {a.steps:,} agent steps, sticky {ale['sticky_actions']} ({final['state']})",
+                   dict(zip(("random", "human"), scores)) if scores else {})
     score = final["mean_return"]
     write_result(name, {
         "env_id": env_id, "game": ale["game"], "ale": ale, "seed": a.seed, "budget_agent_steps": a.steps,

@@ -112,3 +112,25 @@ def curve(points: list[dict]) -> list[list[float]]:
     """[agent_steps, seconds, mean_return] rows of a metrics series, for plots and JSON."""
     return [[p["agent_steps"], round(p["elapsed"], 2), p["mean_return"]] for p in points
             if p.get("mean_return") is not None]
+
+
+def plot_curve(rows: list[list[float]], path: Path, title: str, lines: dict[str, float]) -> None:
+    """Mean return against agent steps and against seconds, side by side, with labelled
+    horizontal lines (a target, random and human scores)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, col, label in ((axes[0], 0, "agent steps"), (axes[1], 1, "seconds")):
+        ax.plot([r[col] for r in rows], [r[2] for r in rows])
+        for name, score in lines.items():
+            ax.axhline(score, color="gray", linestyle="--", linewidth=0.8)
+            ax.annotate(name, (0, score), fontsize=7, color="gray", va="bottom")
+        ax.set_xlabel(label)
+        ax.set_ylabel("mean raw return (last 100 episodes)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

@@ -8,27 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from common import RESULTS, curve, first_reach, load_config, run_on_stack, write_result
+from common import RESULTS, curve, first_reach, load_config, plot_curve, run_on_stack, write_result
 
 from services.launcher.stack import ROOT
-
-
-def plot(rows: list[list[float]], path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, col, label in ((axes[0], 0, "agent steps"), (axes[1], 1, "seconds")):
-        ax.plot([r[col] for r in rows], [r[2] for r in rows])
-        ax.axhline(18, color="gray", linestyle="--", linewidth=0.8)
-        ax.set_xlabel(label)
-        ax.set_ylabel("mean return (last 100 episodes)")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 def loss_series(points: list[dict], key: str) -> list[list[float]]:
@@ -50,7 +32,7 @@ def main() -> None:
     lags = [p["policy_lag"] for p in points if p.get("policy_lag") is not None]
     png = RESULTS / f"{a.name}.png"
     if rows:
-        plot(rows, png, f"{cfg['env_id']} {cfg['algorithm']} ({final['state']})")
+        plot_curve(rows, png, f"{cfg['env_id']} {cfg['algorithm']} ({final['state']})", {"target": 18})
     write_result(a.name, {
         "config": cfg, "state": final["state"], "reason": final["reason"],
         "to_18": first_reach(points, 18), "to_0": first_reach(points, 0),

@@ -106,7 +106,7 @@ class RunConfig(BaseModel):
     adam_eps: float = Field(1e-5, gt=0.0, le=1.0, description="Adam epsilon")
     max_grad_norm: float = Field(1.0, gt=0.0, le=1e6, description="global gradient-norm clip")
     gamma: float = Field(0.99, ge=0.0, le=1.0, description="discount")
-    entropy_coef: float = Field(0.0, ge=0.0, le=10.0, description="entropy bonus weight")
+    entropy_coef: float = Field(0.01, ge=0.0, le=10.0, description="entropy bonus weight: without one, async flow can collapse to a deterministic policy that never explores again")
     entropy_schedule: list[tuple[int, float]] = Field(
         default_factory=list, description="piecewise-linear entropy weight over fresh agent steps trained, like "
         "lr_schedule: [[steps, coef], ...] from entropy_coef at step 0, held after the last point; []: constant")
@@ -134,7 +134,8 @@ class RunConfig(BaseModel):
     round_deadline_s: float = Field(10.0, gt=0.0, le=600.0, description="sync: seconds a batch waits for an actor's "
                                     "fragment of the round before it goes on without that actor until it sends again")
     max_policy_lag: int = Field(50, ge=0, le=1_000_000, description="fragments acted on weights more than this many "
-                                "optimiser steps older than the learner's are dropped (counted as stale)")
+                                "optimiser steps older than the learner's are dropped (counted as stale), checked when a "
+                                "batch is assembled: up to prefetch_batches batches before it trains")
     publish_interval: float = Field(0.2, ge=0.0, le=3600.0, description="min seconds between weight publications "
                                     "(sync: also at once whenever an actor waits for them)")
     prefetch: bool = Field(True, description="parallel data loading: assemble batches ahead of the optimiser")
@@ -339,7 +340,8 @@ def resolve_sizes(cfg: RunConfig, cpus: Optional[int] = None, devices: Optional[
     newest weights and every batch trains at policy lag 0 (2 actors x 4 envs for
     the Atari preset on 2 cores, 8 x 1 on 16). With num_actors given, each actor gets
     enough envs for a round to fill a batch; with num_envs given, one actor per core
-    the actors have. learner_threads: about half the cores for Atari, else 1."""
+    the actors have. learner_threads: for Atari, about half the cores where actors and
+    learner take turns, else the cores the actors leave; 1 for other envs."""
     cpus = cpus or os.cpu_count() or 2
     if devices is None:
         devices = _learner_devices()
@@ -354,10 +356,18 @@ def resolve_sizes(cfg: RunConfig, cpus: Optional[int] = None, devices: Optional[
         num_envs = min(MAX_ENVS_PER_ACTOR, -(-share // devices) * devices)
     if num_actors is None:
         num_actors = cores
-    # Learner threads: about half the cores for Atari's conv nets; one for everything else, whose
-    # small ops gain nothing from a second thread and, on a busy machine, lose much to OpenMP
-    # barriers waiting for a descheduled thread (docs/decisions.md).
-    threads = cfg.learner_threads or (max(1, min(8, cpus // 2 + 1)) if cfg.family == "atari" else 1)
+    # Learner threads: one for small models, whose ops gain nothing from a second thread. Atari's
+    # conv nets: about half the cores where actors and learner take turns, else the cores the
+    # actors leave. A thread more than the free cores waits at every OpenMP barrier for one
+    # that is descheduled, and the learner slows many times over (docs/decisions.md).
+    if cfg.learner_threads:
+        threads = cfg.learner_threads
+    elif cfg.family != "atari":
+        threads = 1
+    elif cores < cpus:  # the actors act while the learner trains
+        threads = max(1, min(8, cpus - min(num_actors, cores)))
+    else:
+        threads = max(1, min(8, cpus // 2 + 1))
     return cfg.model_copy(update={"num_actors": num_actors, "num_envs": num_envs, "learner_threads": threads})
 
 

@@ -68,6 +68,10 @@ def test_resolve_sizes_fills_only_what_is_missing():
     assert resolve_sizes(cart, cpus=2).learner_threads == 1 and resolve_sizes(cart, cpus=16).learner_threads == 1
     pong = RunConfig(env_id="ALE/Pong-v5")
     assert resolve_sizes(pong, cpus=2).learner_threads == 2 and resolve_sizes(pong, cpus=16).learner_threads == 8
+    # async: the actors act while the learner trains, and it takes the cores they leave
+    pong_async = RunConfig(env_id="ALE/Pong-v5", flow="async")
+    assert resolve_sizes(pong_async, cpus=2, devices=1).learner_threads == 1
+    assert resolve_sizes(pong_async, cpus=16, devices=1).learner_threads == 8  # 8 actors, one per env column
 
 
 def test_one_round_of_the_sized_actors_is_one_batch():

@@ -149,11 +149,11 @@ async def test_sync_rounds_go_on_without_a_stopped_actor_and_take_it_back(three_
 async def test_async_flow_trains_cartpole_to_475_with_three_actors(three_actor_stack):
     stack = three_actor_stack
     config = {"env_id": "CartPole-v1", "flow": "async", "num_actors": 3, "num_envs": 8, "unroll_length": 16,
-              "batch_size": 256, "max_policy_lag": 40, "target_return": 475, "max_seconds": 600}
+              "batch_size": 256, "max_policy_lag": 40, "target_return": 475, "max_seconds": 300}
     async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
         await gw.wait_ready()
         run = await gw.start_run(config)
-        final = await gw.wait_final(run["id"], timeout=700)
+        final = await gw.wait_final(run["id"], timeout=400)
         points = await gw.metrics(run["id"])
     assert final["state"] == "finished" and final["mean_return"] >= 475, final
     assert final["solved"] is not None and max(p["actors"] for p in points) == 3, final

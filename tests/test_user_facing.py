@@ -204,6 +204,11 @@ def data_points(driver, canvas_id: str) -> int:
     return int(driver.execute_script("return document.getElementById(arguments[0]).dataset.points || '0'", canvas_id))
 
 
+async def metrics(stack: Stack, run_id: str) -> list[dict]:
+    async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
+        return await gw.metrics(run_id)
+
+
 async def evals(stack: Stack, run_id: str) -> list[dict]:
     async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
         return await gw.evals(run_id)
@@ -258,7 +263,9 @@ def test_dashboard_start_watch_stop(stack, solved, browser):
 
     # The solved run's page: the curves of a whole run, and an evaluation with its GIF.
     d.get(f"{stack.gateway_url}/run/{solved['id']}")
-    wait_for(lambda: data_points(d, "return-steps") > 10, 60, "the solved run's curve")
+    curve = sum(p.get("mean_return") is not None for p in asyncio.run(metrics(stack, solved["id"])))
+    assert curve >= 2, curve  # a whole run: however fast it solved, more than one point
+    wait_for(lambda: data_points(d, "return-steps") == curve, 60, f"the solved run's curve of {curve} points")
     d.find_element(By.ID, "eval-episodes").clear()
     d.find_element(By.ID, "eval-episodes").send_keys("5")
     jobs_before = len(asyncio.run(evals(stack, solved["id"])))

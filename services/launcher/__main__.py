@@ -43,7 +43,7 @@ def build_config(args: argparse.Namespace) -> dict:
 def describe(config: dict, run: RunConfig) -> str:
     """What a run will do that its fields did not say: its sizes, and the step budget
     of a run given no stop condition."""
-    said = f"{run.num_actors} actors x {run.num_envs} envs, {run.flow} flow"
+    said = f"{run.num_actors} actor{'s' if run.num_actors > 1 else ''} x {run.num_envs} envs, {run.flow} flow"
     if all(config.get(k) is None for k in STOP_FIELDS):
         said += f"; no stop condition given: it stops after {run.max_agent_steps:,} agent steps"
     return said
