@@ -122,17 +122,27 @@ async def test_sync_rounds_go_on_without_a_stopped_actor_and_take_it_back(three_
         await poll(lambda: gw.run(rid), lambda r: r["counters"].get("fresh_batches", 0) >= 5, 120, "first batches")
         ids = await actor_ids(stack, rid)
         victim_id, victim = sorted(ids.items())[0]
+        async def batches_per_s(seconds: float) -> float:
+            b0 = (await gw.run(rid))["counters"]["fresh_batches"]
+            await asyncio.sleep(seconds)
+            return ((await gw.run(rid))["counters"]["fresh_batches"] - b0) / seconds
+
+        rate_before = await batches_per_s(8.0)
         before = await gw.run(rid)
         os.kill(victim, signal.SIGSTOP)
         try:
             t_stop = time.time()
             stopped = await poll(lambda: gw.run(rid), lambda r: r["actors"] == 2 and r["counters"]["fresh_batches"]
                                  >= before["counters"]["fresh_batches"] + 10, 60, "training without the stopped actor")
+            # the two that go on fill each batch between them (a round and a half), and each time
+            # the batch waits for them they hear it at once: far more than a third of the rate
+            rate_during = await batches_per_s(8.0)
             await asyncio.sleep(max(0.0, t_stop + 30 - time.time()))
             during = await gw.run(rid)
         finally:
             os.kill(victim, signal.SIGCONT)
         assert during["counters"]["fresh_batches"] > stopped["counters"]["fresh_batches"], during
+        assert rate_during > rate_before / 3, (rate_before, rate_during)
         back = await poll(lambda: gw.run(rid), lambda r: r["actors"] == 3, 60, "the actor back")
         assert victim_id in await actor_ids(stack, rid)
         await poll(lambda: gw.run(rid), lambda r: r["counters"]["fresh_batches"] >= back["counters"]["fresh_batches"]

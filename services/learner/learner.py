@@ -191,7 +191,10 @@ class RunSession:
                 t = time.perf_counter()
                 get = asyncio.create_task(prefetch.queue.get() if cfg.prefetch else prefetch.next_batch())
                 while not get.done() and self.stop_reason is None:
-                    await asyncio.wait({get}, timeout=0.25)
+                    waiting = asyncio.ensure_future(prefetch.waiting.wait())
+                    await asyncio.wait({get, waiting}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+                    waiting.cancel()
+                    prefetch.waiting.clear()
                     self._check_stop()
                     await self._announce_if_short()
                     if self._unpublished() and time.time() - self.last_publish >= cfg.publish_interval:

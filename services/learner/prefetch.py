@@ -70,6 +70,11 @@ class Prefetcher:
         self.clock: Callable[[], float] = time.monotonic
         self.fresh_capacity = fresh_capacity or max(8, 4 * per_batch)
         self.arrived = asyncio.Event()
+        # Set whenever the batch being assembled starts to wait for more fresh fragments: the
+        # learner's loop may then tell actors in sync flow that it is short of theirs (`short_of`)
+        # at once; checked at its next poll instead, each round of a run that lost an actor
+        # waited for that poll.
+        self.waiting = asyncio.Event()
         self.leftover: Optional[Fragment] = None  # the unused columns of the last fresh fragment
         self.waiting_with: list[Fragment] = []  # a partial batch's fresh fragments, while it waits for more
         self.gaps = gaps  # per-actor sequence numbers: messages lost in transit
@@ -222,6 +227,7 @@ class Prefetcher:
             if self.leftover is None:
                 if not self.fresh:
                     self.waiting_with = fresh_parts
+                    self.waiting.set()
                     self.arrived.clear()
                     try:
                         await self.arrived.wait()
