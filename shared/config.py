@@ -263,15 +263,6 @@ class RunConfig(BaseModel):
         return None not in (self.num_actors, self.num_envs, self.learner_threads)
 
     @property
-    def actor_wait(self) -> float:
-        """Seconds a paced actor waits for newer weights (0: async, never waits)."""
-        return self.round_deadline_s if self.flow == "sync" else 0.0
-
-    @property
-    def actor_lead(self) -> int:
-        return 1
-
-    @property
     def family(self) -> str:
         return "atari" if self.env_id.startswith(ATARI_PREFIX) else "other"
 

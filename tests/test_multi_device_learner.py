@@ -1,6 +1,6 @@
 """The multi-device learner path on the whole stack: two gloo ranks on the CPU
 (the same code runs NCCL ranks on GPUs), each taking half of every fragment's
-envs; the run trains and ends normally, and paced actors (actor_lead 1) stay
+envs; the run trains and ends normally, and actors in sync flow stay
 at policy lag 0 without a wait running out."""
 import json
 

@@ -359,7 +359,7 @@ class RunSession:
         self.last_lag = stats.pop("policy_lag")
         self.counters.inc("fresh_batches")
         if self.last_lag > 0:
-            self.counters.inc("lagged_batches")  # a lag-0 run (actor_lead 1) should count none
+            self.counters.inc("lagged_batches")  # a sync run whose rounds fill its batches counts none
         self.version = self.acting[0]
         self.last_losses = stats
 

@@ -120,8 +120,8 @@ class Prefetcher:
     def my_columns(self, columns: int) -> tuple[int, int]:
         """This rank's slice of a fragment's env columns. Why every rank takes a share
         of every fragment, rather than NATS handing each fragment to one rank: with
-        paced actors (actor_lead 1) each round of fragments must fill every rank's
-        batch at once, or a rank that got none waits out actor_wait while the actors
+        actors in sync flow each round of fragments must fill every rank's
+        batch at once, or a rank that got none waits out round_deadline_s while the actors
         wait for the weights that need its step."""
         return self.rank * columns // self.world, (self.rank + 1) * columns // self.world
 

@@ -181,7 +181,7 @@ class Trainer:
         """Take now the updates of the next `train_on` that do not need its new batch:
         one on each batch that stays in the reuse buffer when the next one comes.
 
-        Why: at policy lag 0 (actor_lead 1) the actors act on the weights of the
+        Why: at policy lag 0 (sync flow) the actors act on the weights of the
         last train_on while the learner would wait for their fragments, and then
         train_on spends reuse - 1 of its reuse passes on older batches anyway. Run
         here, in that wait, they overlap the acting. The updates are the same, in
