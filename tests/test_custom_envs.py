@@ -94,6 +94,14 @@ def test_eval_cli_records_the_observations(learned, tmp_path):
     assert cells(last)[9].max() == BALL_GRAY and cells(last)[:9].max() == 0  # the ball reached the bottom row
 
 
+def trained_without_rejects(final: dict) -> dict:
+    """A SHORT run that finished, trained on episodes, rejected no fragment: its checkpoint."""
+    assert final["state"] == "finished", final
+    assert final["agent_steps"] >= 2048 and final["episodes"] > 0 and final["updates"] > 0, final
+    assert final["rejected"] == 0, final
+    return torch.load(Path(final["checkpoint"]), weights_only=True)
+
+
 async def test_env_kwargs_reach_every_process_and_a_broken_env_fails_alone(stack):
     async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
         await gw.wait_ready()
@@ -112,13 +120,10 @@ async def test_env_kwargs_reach_every_process_and_a_broken_env_fails_alone(stack
         run = await gw.start_run({"env_id": CATCH, "env_kwargs": {"rows": 8}, **SHORT})
         final = await gw.wait_final(run["id"], timeout=180)
         points = await gw.metrics(run["id"])
-    assert final["state"] == "finished", final
-    assert final["agent_steps"] >= 2048 and final["episodes"] > 0 and final["updates"] > 0
-    # the actors' episodes last rows - 1 = 7 steps (10 rows: 9) ...
+    # the actors' 8x5 fragments matched the learner's spec (none rejected) ...
+    ckpt = trained_without_rejects(final)
+    # ... their episodes last rows - 1 = 7 steps (10 rows: 9), and the model was sized for 8x5
     assert points[-1]["mean_length"] == 7.0, points[-1]
-    # ... their 8x5 fragments matched the learner's spec (none rejected), and the model was sized for 8x5
-    assert final["rejected"] == 0
-    ckpt = torch.load(Path(final["checkpoint"]), weights_only=True)
     assert ckpt["config"]["env_kwargs"] == {"rows": 8}
     assert ckpt["model"]["encoder.fc.0.weight"].shape[1] == 32 * 8 * 5
 
@@ -128,9 +133,7 @@ async def test_an_rgb_env_runs(stack):
         await gw.wait_ready()
         run = await gw.start_run({"env_id": "tests.pixel_envs:PixelCatchRGB-v0", **SHORT})
         final = await gw.wait_final(run["id"], timeout=180)
-    assert final["state"] == "finished", final
-    assert final["agent_steps"] >= 2048 and final["episodes"] > 0 and final["rejected"] == 0
-    ckpt = torch.load(Path(final["checkpoint"]), weights_only=True)
+    ckpt = trained_without_rejects(final)
     assert ckpt["model"]["encoder.conv.0.weight"].shape[1] == 3  # RGB: 3 input channels
 
 
