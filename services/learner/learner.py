@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
+import nats.errors
 import torch
 
 from services.learner import checkpoints, distributed
@@ -36,6 +37,10 @@ log = logging.getLogger("learner")
 HEARTBEAT_S = 1.0
 METRICS_S = 1.0
 RATE_WINDOW_S = 10.0  # steps/s over this window: a per-second figure flips between a round's burst and 0
+# What a run's end may wait on the broker (its end record, last metrics) once the checkpoint is on
+# disk: compose sends SIGKILL 10 s after SIGTERM, and a learner whose nats-server is gone must
+# still leave in time; its run, not marked ended, is requeued and resumes from that checkpoint.
+END_ON_BROKER_S = 4.0
 
 
 class Learner:
@@ -73,7 +78,20 @@ class Learner:
                 why = str(e) if isinstance(e, EnvRefused) else f"learner error: {type(e).__name__}: {e}"
                 await _quietly(runs.transition(self.assets.runs, rec.id, {RunState.running, RunState.stopping},
                                                RunState.failed, owner=self.learner_id, reason=why[:1000]))
-        await self.nc.drain()
+        await self._leave_broker()
+
+    async def _leave_broker(self) -> None:
+        """Drain when connected (what was published gets out); close at once while reconnecting."""
+        try:
+            if self.nc.is_connected:
+                await asyncio.wait_for(self.nc.drain(), END_ON_BROKER_S)
+        except (TimeoutError, nats.errors.Error, OSError) as e:
+            log.warning("learner %s: leaving the broker: %s", self.learner_id, type(e).__name__)
+        if not self.nc.is_closed:
+            try:
+                await self.nc.close()
+            except (nats.errors.Error, OSError):
+                pass  # the connection was already lost
 
     async def _claim(self) -> Optional[RunRecord]:
         """Move the oldest pending run to running, revision-checked: one learner per run.
@@ -224,7 +242,9 @@ class RunSession:
             for s in subs:
                 await _quietly(s.unsubscribe())
             if self.publishing is not None:
-                await _quietly(self.publishing)
+                if not self.nc.is_connected:
+                    self.publishing.cancel()  # the broker is gone: the checkpoint holds these weights
+                await asyncio.wait({self.publishing})
             for p in followers:
                 p.terminate()
             distributed.shutdown()
@@ -457,17 +477,21 @@ class RunSession:
     # ------------------------------------------------------------------ end
     async def _finish(self) -> None:
         log.info("run %s ends: %s", self.run_id, self.stop_reason)
-        await _quietly(weights.announce_end(self.nc, self.run_id, self.version))
-        path = await self._checkpoint()
+        path = await self._checkpoint()  # on disk first: what a resume needs, whatever the broker does
         point = self.metrics_point()
         point["final"] = True
-        await self._publish_metrics(point)
         try:
-            await runs.transition(self.assets.runs, self.run_id, {RunState.running, RunState.stopping},
-                                  self.final_state, owner=self.learner.learner_id, reason=self.stop_reason,
-                                  checkpoint=str(path), resume=False)
+            async with asyncio.timeout(END_ON_BROKER_S):
+                await weights.announce_end(self.nc, self.run_id, self.version)
+                await self._publish_metrics(point)
+                await runs.transition(self.assets.runs, self.run_id, {RunState.running, RunState.stopping},
+                                      self.final_state, owner=self.learner.learner_id, reason=self.stop_reason,
+                                      checkpoint=str(path), resume=False)
         except (runs.TransitionRefused, KeyError) as e:
             log.warning("could not record the end of run %s: %s", self.run_id, e)
+        except (TimeoutError, nats.errors.Error) as e:
+            log.warning("run %s: the broker did not take its end (%s); it resumes from %s when requeued",
+                        self.run_id, type(e).__name__, path)
 
     async def _checkpoint(self) -> Path:
         """Periodic and final checkpoints (services/learner/checkpoints.py), in the
