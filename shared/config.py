@@ -34,8 +34,8 @@ Channels = Annotated[int, Field(ge=1, le=512)]  # a conv layer's width
 # num_envs, learner_threads) are not here: the learner settles them (`resolve_sizes`).
 ATARI_PRESET: dict[str, Any] = {
     "unroll_length": 128, "batch_size": 1024, "minibatches": 8, "epochs": 4, "reuse": 1,
-    "learning_rate": 0.0008, "lr_schedule": [[500_000, 0.0008], [1_000_000, 0.0001]],
-    "entropy_coef": 0.01, "entropy_schedule": [[500_000, 0.01], [1_000_000, 0.001]],
+    "learning_rate": 0.0008, "lr_schedule": [[1_000_000, 0.0008], [2_000_000, 0.0001]],
+    "entropy_coef": 0.01, "entropy_schedule": [[1_000_000, 0.01], [2_000_000, 0.001]],
     "vtrace_lambda": 0.95, "clip_eps": 0.1, "max_grad_norm": 0.5, "normalize_advantages": True,
     "target_update_interval": 16, "latent_ae": True, "latent_dim": 256, "ae_channels": [8, 16],
     "ae_coef": 0.1, "ae_fraction": 0.125, "max_policy_lag": 100, "flow": "sync", "publish_interval": 0.5,
