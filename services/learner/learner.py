@@ -189,7 +189,6 @@ class RunSession:
             followers = distributed.spawn_followers(self.run_id, devices, port, self.learner.log_dir)
             await loop.run_in_executor(self.train_pool, self._join_group, port, len(devices))
         await loop.run_in_executor(self.train_pool, self._snapshot)
-        await self._publish_weights()
         episodes = EpisodeTracker(cfg.num_envs)
         prefetch = self.prefetch = Prefetcher(
             cfg, self.spec, self.run_id, self.learner.device, lambda: self.version, self.counters,
@@ -200,6 +199,10 @@ class RunSession:
             lost=episodes.lost)
         subs = [await prefetch.subscribe(self.nc),
                 await self.nc.subscribe(wiring.actor_heartbeat(self.run_id), cb=self._on_heartbeat)]
+        # The first weights go out once fragments can be received, and start the first round's
+        # deadline: an actor that never sends its first fragment holds the run up for
+        # round_deadline_s, not until its heartbeats expire.
+        await self._publish_weights()
         side = [asyncio.create_task(self._heartbeat(stop)), asyncio.create_task(self._metrics_loop()),
                 asyncio.create_task(self._publisher())]
         if cfg.prefetch:
