@@ -485,7 +485,7 @@ class RunSession:
         point["final"] = True
         try:
             async with asyncio.timeout(END_ON_BROKER_S):
-                await weights.announce_end(self.nc, self.run_id, self.version)
+                await _quietly(weights.announce_end(self.nc, self.run_id, self.version))
                 await self._publish_metrics(point)
                 await runs.transition(self.assets.runs, self.run_id, {RunState.running, RunState.stopping},
                                       self.final_state, owner=self.learner.learner_id, reason=self.stop_reason,
