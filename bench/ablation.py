@@ -33,7 +33,7 @@ import argparse
 import math
 import statistics
 
-from common import RESULTS, curve, first_reach, load_config, machine, run_on_stack, write_result
+from common import RESULTS, curve, first_reach, interrupted, load_config, machine, run_on_stack, write_result
 
 from services.launcher.stack import ROOT
 from shared.config import RunConfig
@@ -90,6 +90,8 @@ def main() -> None:
             write_result(a.name, {"base": base, "thresholds": a.thresholds, "seeds": seeds,
                                   "minutes_per_variant": a.minutes_per_variant, "variants": rows})
             write_report(rows, a.thresholds, a.name, a.minutes_per_variant, seeds)
+            if interrupted():
+                return
 
 
 def median_steps(rows: list[dict], threshold: float) -> str:

@@ -10,7 +10,7 @@ import json
 import math
 import statistics
 
-from common import load_config, run_on_stack, write_result
+from common import interrupted, load_config, run_on_stack, write_result
 
 from services.launcher.stack import ROOT
 
@@ -40,6 +40,8 @@ def main() -> None:
                                    "rejected")} | {"seed": seed}
         print(json.dumps(r), flush=True)
         runs.append(r)
+        if interrupted():  # Ctrl-C: the seeds run so far, the last one stopped
+            break
     solved = [r["solved"] for r in runs if r["solved"]]
     write_result(a.name or f"cartpole-{config['algorithm']}", {
         "config": config, "runs": runs, "solved_runs": len(solved),

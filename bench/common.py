@@ -75,23 +75,52 @@ def whole_config(fields: dict) -> dict:
     return resolve_sizes(RunConfig(**fields)).model_dump(mode="json")
 
 
+_interrupted = False  # set once a signal has stopped a run_on_stack run
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C or SIGTERM stopped a run: a benchmark of several runs stops there."""
+    return _interrupted
+
+
 def run_on_stack(config: dict, timeout: float, learner_args: tuple[str, ...] = (),
                  workdir: str | Path | None = None) -> tuple[dict, list[dict]]:
     """Start the whole stack in `workdir` (default: a temp dir, removed after), run one
     config through the REST API, return (final run view, metrics series). A caller that
-    reads what the run left (its checkpoints) passes a directory of its own."""
+    reads what the run left (its checkpoints) passes a directory of its own.
+
+    Ctrl-C or SIGTERM stops the run through the API and returns it as it stood (state
+    "stopped"), so a study cut short still writes its curve; a second signal ends the
+    benchmark at once."""
     import asyncio
+    import signal
     import tempfile
 
     from services.launcher.stack import Stack
-    from shared.client import GatewayClient
+    from shared.client import GatewayClient, GatewayError
     from shared.config import RunConfig, actor_cores
 
     async def go(stack: Stack) -> tuple[dict, list[dict]]:
+        global _interrupted
+        task = asyncio.current_task()
+        assert task is not None
+        # SIGINT already cancels the task under asyncio.run; SIGTERM does the same here.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         async with GatewayClient(stack.gateway_url, stack.api_token) as gw:
             await gw.wait_ready()
             run = await gw.start_run(config)
-            final = await gw.wait_final(run["id"], timeout, interval=2.0)
+            print(f"run {run['id']}: dashboard {stack.dashboard_url}", file=sys.stderr, flush=True)
+            try:
+                final = await gw.wait_final(run["id"], timeout, interval=2.0)
+            except asyncio.CancelledError:
+                task.uncancel()
+                _interrupted = True
+                print(f"run {run['id']}: interrupted; stopping it and keeping its record", file=sys.stderr, flush=True)
+                try:
+                    await gw.stop(run["id"])
+                except GatewayError as e:  # it ended meanwhile (409): its record is final already
+                    print(f"run {run['id']}: {e}", file=sys.stderr, flush=True)
+                final = await gw.wait_final(run["id"], 120, interval=1.0)
             return final, await gw.metrics(run["id"])
 
     with tempfile.TemporaryDirectory() as tmp, Stack(workdir or tmp) as stack:

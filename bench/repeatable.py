@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import load_config, run_on_stack, write_result
+from common import interrupted, load_config, run_on_stack, write_result
 
 from services.launcher.stack import ROOT
 
@@ -56,7 +56,11 @@ def main() -> None:
     p.add_argument("--name", default="repeatable")
     a = p.parse_args()
     cfg = load_config(a.config, a.set) | {"max_agent_steps": a.steps}
-    runs = [one_run(cfg) for _ in range(a.runs)]
+    runs = []
+    for _ in range(a.runs):
+        runs.append(one_run(cfg))
+        if interrupted():
+            raise SystemExit("interrupted: runs stopped part-way are not compared")
     same = len({r["weights_sha256"] for r in runs}) == 1
     print(f"{a.runs} runs of seed {cfg.get('seed', 0)}, {a.steps} agent steps, {cfg['num_actors']} actors x "
           f"{cfg['num_envs']} envs: weights {'equal' if same else 'differ'}")
