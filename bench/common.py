@@ -97,7 +97,7 @@ def run_on_stack(config: dict, timeout: float, learner_args: tuple[str, ...] = (
     import tempfile
 
     from services.launcher.stack import Stack
-    from shared.client import GatewayClient, GatewayError
+    from shared.client import GatewayClient
     from shared.config import RunConfig, actor_cores
 
     async def go(stack: Stack) -> tuple[dict, list[dict]]:
@@ -116,11 +116,7 @@ def run_on_stack(config: dict, timeout: float, learner_args: tuple[str, ...] = (
                 task.uncancel()
                 _interrupted = True
                 print(f"run {run['id']}: interrupted; stopping it and keeping its record", file=sys.stderr, flush=True)
-                try:
-                    await gw.stop(run["id"])
-                except GatewayError as e:  # it ended meanwhile (409): its record is final already
-                    print(f"run {run['id']}: {e}", file=sys.stderr, flush=True)
-                final = await gw.wait_final(run["id"], 120, interval=1.0)
+                final = await gw.stop_and_wait(run["id"])
             return final, await gw.metrics(run["id"])
 
     with tempfile.TemporaryDirectory() as tmp, Stack(workdir or tmp) as stack:

@@ -67,6 +67,16 @@ class GatewayClient:
     async def stop(self, run_id: str) -> dict:
         return await self._call("POST", f"/runs/{run_id}/stop")
 
+    async def stop_and_wait(self, run_id: str, timeout: float = 120.0) -> dict:
+        """Stop a run and return its final record (checkpointed, with its metrics); a run
+        that ended meanwhile (409) returns the record it ended with."""
+        try:
+            await self.stop(run_id)
+        except GatewayError as e:
+            if e.status != 409:
+                raise
+        return await self.wait_final(run_id, timeout)
+
     async def resume(self, run_id: str) -> dict:
         """POST /runs/{id}/resume; a gateway without resume answers 404/405 (GatewayError)."""
         return await self._call("POST", f"/runs/{run_id}/resume")

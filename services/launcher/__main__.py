@@ -69,8 +69,7 @@ async def follow(stack: Stack, config: dict, timeout: float) -> dict:
             raise
         except BaseException:
             print("stopping the run ...", flush=True)
-            await gw.stop(run["id"])
-            final = await gw.wait_final(run["id"], 60)
+            final = await gw.stop_and_wait(run["id"], 60)
         return final
 
 
