@@ -44,7 +44,9 @@ async def announce_short(nc, run_id: str, version: int, pending: dict[str, int],
     each actor in its partial batch to the sequence number of the newest fragment it
     holds from it. An actor whose own newest fragment is listed may act the next one
     on the weights it has, without waiting (still lag 0: no newer weights can come
-    first); any other actor keeps waiting, so a repeated notice never lets one run ahead."""
+    first); so may one whose newest fragment is missing from a notice that came
+    round_deadline_s or more after that fragment went out (it was lost in transit).
+    Any other actor keeps waiting, so a repeated notice never lets one run ahead."""
     msg = {"version": version, "pending": pending, "short": have}
     await nc.publish(wiring.weights(run_id), json.dumps(msg).encode())
 

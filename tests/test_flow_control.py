@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from services.actor.actor import Actor
 from shared import bus, wiring
 from shared.client import GatewayClient
 
@@ -83,6 +84,55 @@ async def test_a_fragment_over_the_brokers_max_payload_arrives_in_parts(one_acto
     assert counters["fresh_fragments"] >= 2 * counters["fresh_batches"], counters  # parts, not whole fragments
     assert counters.get("lost_in_transit", 0) == 0 and counters.get("rejected", 0) == 0, counters
     assert counters["actor_publish_failed"] == 0, counters
+
+
+@pytest.fixture(scope="module")
+def actorless_stack(tmp_path_factory):
+    with started_stack(tmp_path_factory, "lossy", actors=0) as stack:
+        yield stack
+
+
+@pytest.mark.parametrize("lost", [4, 5])
+async def test_a_sync_run_goes_on_after_its_only_actors_fragment_is_lost(actorless_stack, monkeypatch, lost):
+    """One actor in sync flow, two fragments a batch, and its `lost`th fragment never
+    reaches the broker (as when nats-server restarts under it). The 4th: the batch holds
+    the 3rd and waits for it; the 5th: the batch holds nothing. Either way the learner
+    waits for that fragment and the actor for weights that need it; the learner's
+    short-of-data notice, round_deadline_s after it went out, lets the actor act again.
+    The actor runs in this process (the real Actor, over the real broker) so that
+    exactly one message can be lost."""
+    connect, traj_sent = bus.connect, [0]
+
+    async def lossy_connect(*args, **kw):
+        nc = await connect(*args, **kw)
+        publish = nc.publish
+
+        async def lossy_publish(subject: str, payload: bytes = b"", **more) -> None:
+            if subject.startswith("traj."):
+                traj_sent[0] += 1
+                if traj_sent[0] == lost:
+                    return
+            await publish(subject, payload, **more)
+
+        nc.publish = lossy_publish
+        return nc
+
+    monkeypatch.setattr(bus, "connect", lossy_connect)
+    actor, stop = Actor(actorless_stack.url_for("actor")), asyncio.Event()
+    serving = asyncio.create_task(actor.main(stop))
+    try:
+        async with GatewayClient(actorless_stack.gateway_url, actorless_stack.api_token) as gw:
+            await gw.wait_ready()
+            run = await gw.start_run({"env_id": "CartPole-v1", "num_actors": 1, "num_envs": 8, "unroll_length": 16,
+                                      "batch_size": 256, "reuse": 1, "round_deadline_s": 2.0,
+                                      "max_agent_steps": 128 * 10})
+            final = await gw.wait_final(run["id"], timeout=90)
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 60)
+    assert final["state"] == "finished" and final["agent_steps"] >= 128 * 10, final
+    assert final["counters"].get("lost_in_transit") == 1, final["counters"]
+    assert actor.counters["lost_fragments"] == 1 and traj_sent[0] > lost, (actor.counters, traj_sent)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from services.learner.prefetch import Prefetcher
+from services.learner.progress import SequenceGaps
 from shared.config import RunConfig
 from shared.envs import EnvSpec
 from shared.fragment import Fragment, encode_fragment
@@ -170,7 +171,7 @@ async def test_each_actor_is_pending_only_its_own_fragments_and_a_round_complete
     assert p.pending_fragments() == {"a": 1} and p.awaited()  # b waits for the next weights
     waiting = asyncio.create_task(p.next_batch())
     await asyncio.sleep(0.1)
-    assert [f.actor_id for f in p.waiting_with] == ["a"] and p.short_of() == {}
+    assert [f.actor_id for f in p.waiting_with] == ["a"] and p.short_of() is None
     p.offer(fragment(3, actor="b", seq=2))
     assert [int(v) for v in (await asyncio.wait_for(waiting, 10))["rewards"][0, ::N]] == [2, 3]
     assert not p.awaited()  # both are in the batch about to be trained
@@ -198,9 +199,9 @@ async def test_at_the_start_no_actor_is_let_go_before_the_configured_actors_serv
     p.offer(fragment(0, actor="a", seq=1))
     waiting = asyncio.create_task(p.next_batch())
     await asyncio.sleep(0.1)
-    assert p.short_of() == {}  # "b" is still starting
+    assert p.short_of() is None  # "b" is still starting
     clock[0] += 9.5
-    assert p.short_of() == {}
+    assert p.short_of() is None
     clock[0] += 1.0
     assert p.short_of() == {"a": 1}
     waiting.cancel()
@@ -223,7 +224,7 @@ async def test_a_round_goes_on_without_an_actor_that_misses_its_deadline_until_i
     waiting = asyncio.create_task(p.next_batch())
     await asyncio.sleep(0.1)
     clock[0] += 9.0
-    assert p.short_of() == {}  # "slow" may still come
+    assert p.short_of() is None  # "slow" may still come
     clock[0] += 1.5
     assert p.short_of() == {"a": 2} and p.roster() == {"a"}  # benched: the round goes on
     assert p.counters["round_deadline_missed"] == 1
@@ -231,6 +232,34 @@ async def test_a_round_goes_on_without_an_actor_that_misses_its_deadline_until_i
     assert p.roster() == {"a", "slow"}
     await asyncio.wait_for(waiting, 10)
     assert p.round_wait_max >= 10.0
+
+
+async def test_a_round_that_brought_nothing_is_announced_once_overdue():
+    """Every fragment of a round lost in transit (a broker restart): the batch waits
+    with nothing in it, and its actors wait for weights that need that data. Once the
+    round is round_deadline_s old the learner says it holds nothing, so the actors can
+    tell their fragments were lost; before that, and while not waiting, it says nothing."""
+    clock = [1000.0]
+    p = Prefetcher(RunConfig(num_actors=1, num_envs=N, unroll_length=T, batch_size=N * T, round_deadline_s=10.0),
+                   SPEC, "r1", torch.device("cpu"), lambda: 0, Counters(), members=lambda: {"a"}, gaps=SequenceGaps())
+    p.clock = lambda: clock[0]
+    p.offer(fragment(0, actor="a", seq=1))
+    await asyncio.wait_for(p.next_batch(), 10)
+    p.consumed()
+    p.new_round()
+    clock[0] += 20.0
+    assert p.short_of() is None  # no batch is being made
+    waiting = asyncio.create_task(p.next_batch())
+    await asyncio.sleep(0.1)
+    assert p.short_of() == {}
+    p.new_round()  # weights went out again: a new round
+    clock[0] += 9.0
+    assert p.short_of() is None
+    clock[0] += 1.0
+    assert p.short_of() == {}
+    p.offer(fragment(1, actor="a", seq=3))  # seq 2 never came
+    await asyncio.wait_for(waiting, 10)
+    assert p.counters["lost_in_transit"] == 1
 
 
 async def test_only_actors_serving_the_run_hold_a_round():
@@ -246,7 +275,7 @@ async def test_only_actors_serving_the_run_hold_a_round():
     p.offer(fragment(2, actor="a", seq=2))
     waiting = asyncio.create_task(p.next_batch())
     await asyncio.sleep(0.1)
-    assert p.short_of() == {}
+    assert p.short_of() is None
     members.discard("gone")
     assert p.short_of() == {"a": 2}
     waiting.cancel()

@@ -215,14 +215,15 @@ class Actor:
 
     async def _act(self, rollout: Rollout, run_id: str, cfg: RunConfig, state: "Serving", stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        feed = WeightsFeed(self, run_id, state)
+        feed = WeightsFeed(self, run_id, state, cfg.round_deadline_s)
         sub = await self.nc.subscribe(wiring.weights(run_id), cb=feed.on_notice)
         fetcher = asyncio.create_task(feed.run())
         acted: Optional[int] = None  # the weights version of this actor's last fragment
+        sent_at = time.monotonic()  # when it went out
         try:
             while state.left is None and not stop.is_set():
                 if rollout.version < 0 or (cfg.flow == "sync" and acted is not None):
-                    await feed.wait_for_turn(acted, (state.actor_id, rollout.seq))
+                    await feed.wait_for_turn(acted, (state.actor_id, rollout.seq), sent_at)
                     if state.left is not None or stop.is_set():
                         break
                 if feed.ready is not None and feed.ready[0] > rollout.version:
@@ -240,6 +241,7 @@ class Actor:
                         self.counters.inc("publish_failed")
                         state.publish_failed += 1
                         log.warning("publish failed (%d bytes): %s", len(payload), e)
+                sent_at = time.monotonic()
                 state.steps += n
                 state.fragments += 1
                 state.version = rollout.version
@@ -314,11 +316,13 @@ class WeightsFeed:
     seconds in case one was lost), so a fetch never holds up a rollout; `ready` is the
     newest (version, arrays)."""
 
-    def __init__(self, actor: Actor, run_id: str, state: Serving):
+    def __init__(self, actor: Actor, run_id: str, state: Serving, round_deadline_s: float = 10.0):
         self.actor, self.run_id, self.state = actor, run_id, state
+        self.round_deadline_s = round_deadline_s
         self.ready: Optional[tuple[int, dict]] = None
         self.pending: dict[str, int] = {}  # per actor, its fragments the learner holds untrained (last notice)
         self.short: Optional[tuple[int, dict[str, int]]] = None  # (version, have) while the learner is short of data
+        self.short_at = 0.0  # when that notice came (time.monotonic)
         self.notice = asyncio.Event()
         self.fetched = asyncio.Event()
 
@@ -334,6 +338,7 @@ class WeightsFeed:
             return
         self.pending = notice.pending
         self.short = (notice.version, notice.short) if notice.short is not None else None
+        self.short_at = time.monotonic()
         if notice.short is None or self.ready is None or notice.version > self.ready[0]:
             self.notice.set()  # weights to fetch
         else:
@@ -353,9 +358,9 @@ class WeightsFeed:
             self.fetched.set()  # wakes waiters: new weights, or new pending figures
             await _wait_event(self.notice, 0.5 if got is None else WEIGHTS_POLL_S)
 
-    async def wait_for_turn(self, acted: Optional[int], sent: tuple[str, int]) -> None:
-        """Until this actor may act its next fragment (see `may_act`), or leaves the run."""
-        while not self.may_act(acted, sent) and self.state.left is None:
+    async def wait_for_turn(self, acted: Optional[int], sent: tuple[str, int], sent_at: Optional[float] = None) -> None:
+        """Until this actor may act its next fragment (see `turn`), or leaves the run."""
+        while (why := self.turn(acted, sent, sent_at)) is None and self.state.left is None:
             self.fetched.clear()
             waits = {asyncio.ensure_future(self.fetched.wait()), asyncio.ensure_future(self.state.left_event.wait())}
             try:
@@ -363,23 +368,39 @@ class WeightsFeed:
             finally:
                 for w in waits:
                     w.cancel()
+        if why == "lost":
+            self.actor.counters.inc("lost_fragments")
+            log.info("run %s: fragment %d of %s did not reach the learner; acting again", self.run_id, sent[1], sent[0])
 
-    def may_act(self, acted: Optional[int], sent: tuple[str, int]) -> bool:
-        """Weights are here and, after a fragment acted on version `acted`: newer weights
-        are here and the learner holds none of this actor's fragments untrained, or the
-        learner is short of data, holds this actor's newest fragment (`sent`: its id and
-        sequence number) and has no newer weights than ours. Only its own fragments count:
-        other actors' fragments of the next round may already be in, and waiting for them
-        to be trained would wait for ours."""
+    def turn(self, acted: Optional[int], sent: tuple[str, int], sent_at: Optional[float] = None) -> Optional[str]:
+        """Why this actor may act its next fragment now, or None. Weights are here and,
+        after a fragment acted on version `acted`: newer weights are here and the learner
+        holds none of this actor's fragments untrained ("weights"), or the learner is
+        short of data, has no newer weights than ours and holds this actor's newest
+        fragment (`sent`: its id and sequence number: "held") or has lost it ("lost").
+        Only its own fragments count: other actors' fragments of the next round may
+        already be in, and waiting for them to be trained would wait for ours."""
         if self.ready is None:
-            return False
+            return None
         if acted is None:
-            return True
-        if self.short is not None:
-            short_version, have = self.short
-            if self.ready[0] >= short_version and have.get(sent[0]) == sent[1]:
-                return True
-        return self.ready[0] > acted and self.pending.get(sent[0], 0) == 0
+            return "first"
+        if self.ready[0] > acted and self.pending.get(sent[0], 0) == 0:
+            return "weights"
+        if self.short is not None and self.ready[0] >= self.short[0]:
+            if self.short[1].get(sent[0]) == sent[1]:
+                return "held"
+            if self.lost(sent, sent_at):
+                return "lost"
+        return None
+
+    def lost(self, sent: tuple[str, int], sent_at: Optional[float]) -> bool:
+        """The learner is short of data, and a notice that came round_deadline_s or more
+        after this actor's newest fragment went out (at `sent_at`, time.monotonic) holds
+        none up to it: that fragment was lost in transit (a broker restart, a dropped
+        connection). No weights can come without data, so the actor acts again on the
+        ones it has; the learner counts the gap in sequence numbers."""
+        return (self.short is not None and sent_at is not None and self.short[1].get(sent[0], 0) < sent[1]
+                and self.short_at - sent_at >= self.round_deadline_s)
 
 
 async def _leave_on(stop: asyncio.Event, state: Serving) -> None:

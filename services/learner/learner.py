@@ -166,7 +166,7 @@ class RunSession:
         self.prefetch: Optional[Prefetcher] = None
         self.last_publish = 0.0
         self.published_version = -1
-        self.last_short: tuple[dict[str, int], float] = ({}, 0.0)  # the last short-of-data notice, and when
+        self.last_short: tuple[Optional[dict[str, int]], float] = (None, 0.0)  # the last short-of-data notice, and when
         self.rates = RateWindow(RATE_WINDOW_S)
         self.last_actor_error: Optional[str] = None
         self.ckpt_dir = checkpoints.CheckpointDir(learner.checkpoint_dir, self.run_id, self.cfg.checkpoint_keep)
@@ -357,9 +357,10 @@ class RunSession:
     async def _announce_if_short(self) -> None:
         """While the batch waits for fragments that actors in sync flow hold back (they
         wait for weights that cannot come first), tell them; again each second, for
-        actors that join. Why: otherwise they would wait for each other forever."""
-        have = self.prefetch.short_of() if self.prefetch is not None and self.cfg.flow == "sync" else {}
-        if not have or (have == self.last_short[0] and time.time() - self.last_short[1] < 1.0):
+        actors that join and for those whose fragment was lost on the way. Why: otherwise
+        they would wait for each other forever."""
+        have = self.prefetch.short_of() if self.prefetch is not None and self.cfg.flow == "sync" else None
+        if have is None or (have == self.last_short[0] and time.time() - self.last_short[1] < 1.0):
             return
         self.last_short = (have, time.time())
         try:

@@ -77,6 +77,7 @@ class Prefetcher:
         self.waiting = asyncio.Event()
         self.leftover: Optional[Fragment] = None  # the unused columns of the last fresh fragment
         self.waiting_with: list[Fragment] = []  # a partial batch's fresh fragments, while it waits for more
+        self.batch_waiting = False  # the batch being made waits for fresh fragments (with none in the pipeline)
         self.gaps = gaps  # per-actor sequence numbers: messages lost in transit
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=cfg.prefetch_batches)
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -165,36 +166,43 @@ class Prefetcher:
         roster = self.roster()
         return not roster or any(actor not in self.pending for actor in roster)
 
-    def short_of(self) -> dict[str, int]:
-        """While a partial batch waits for more fresh fragments and every actor taking
-        part (`roster`) has one in it: each of them and the sequence number of its newest
-        fragment there (empty otherwise). Actors in sync flow wait for weights that cannot
-        come until more data does, so they may act again on the weights they have.
+    def short_of(self) -> Optional[dict[str, int]]:
+        """While the batch being made waits for fresh fragments: each actor in it and the
+        sequence number of its newest fragment there, once every actor taking part
+        (`roster`) has one in it, or once the round is overdue; None otherwise. Actors in
+        sync flow wait for weights that cannot come until more data does, so one whose
+        newest fragment is listed may act again on the weights it has, and one whose newest
+        fragment is missing long after it went out knows it was lost (see the actor's
+        `WeightsFeed.turn`). Why the overdue round is announced even with nothing in
+        the batch: a run whose every fragment of the round was lost in transit (a broker
+        restart) would otherwise wait forever, its actors for weights, it for them.
 
-        Empty while the round is still coming in: an actor let go early would fill the
+        None while the round is still coming in: an actor let go early would fill the
         batch with its own next fragment, and the late actor's fragment would then train
         with the next batch, a version late. But a round waits at most round_deadline_s
         from its weights' publication: then the actors with nothing in it are benched
         (left out of rounds until they send again) and the round goes on without them.
-        For the same reason it is empty while fewer than the config's num_actors serve
+        For the same reason it is None while fewer than the config's num_actors serve
         the run, for round_deadline_s after the run's first fragment: at the start the
         actors that start last would otherwise find the first batches filled by the
         first one, a race that made a seed's run differ from one run to the next."""
+        if not self.batch_waiting:
+            return None
         now = self.clock()
         if (len(self.members()) < (self.cfg.num_actors or 1) and self.first_heard is not None
                 and now - self.first_heard < self.cfg.round_deadline_s):
-            return {}
+            return None
         have: dict[str, int] = {}
         for f in self.waiting_with:
             have[f.actor_id] = max(f.seq, have.get(f.actor_id, 0))
         roster = self.roster()
-        waited = now - self.round_started if self.round_started is not None else 0.0
-        if roster - have.keys() and have and waited >= self.cfg.round_deadline_s:
+        overdue = self.round_started is not None and now - self.round_started >= self.cfg.round_deadline_s
+        if roster - have.keys() and have and overdue:
             late = roster - have.keys() - set(self.pending)
             self.benched |= late
             self.counters.inc("round_deadline_missed", len(late))
             roster -= late
-        return have if have and roster <= have.keys() else {}
+        return have if (have and roster <= have.keys()) or overdue else None
 
     async def subscribe(self, nc) -> object:
         """Receive all of this run's fresh fragments (every rank: see `my_columns`)."""
@@ -226,13 +234,13 @@ class Prefetcher:
         while (missing := need - sum(f.num_columns for f in parts)) > 0:
             if self.leftover is None:
                 if not self.fresh:
-                    self.waiting_with = fresh_parts
+                    self.waiting_with, self.batch_waiting = fresh_parts, True
                     self.waiting.set()
                     self.arrived.clear()
                     try:
                         await self.arrived.wait()
                     finally:
-                        self.waiting_with = []
+                        self.waiting_with, self.batch_waiting = [], False
                     continue
                 data, columns, actor = self.fresh.popleft()
                 self.leftover = (await self._decode_all([data], fresh=True) or [None])[0]
