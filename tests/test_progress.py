@@ -58,5 +58,5 @@ def test_progress_counts_steps_and_keeps_a_window_of_returns():
     pr.add_steps(64)
     pr.add_episodes([(1.0, 5), (2.0, 5), (3.0, 5), (10.0, 5)])
     assert pr.agent_steps == 164 and pr.episodes == 11 and pr.mean_return == 5.0 and pr.window_full
-    assert pr.check_solved(5.0, 1.0) and pr.solved["agent_steps"] == 164
+    assert pr.check_solved(5.0, 1.0) and pr.solved["agent_steps"] == 164 and pr.solved["mean_return"] >= 5.0
     assert not Progress(window=3).check_solved(0.0, 1.0)  # no episodes yet: not solved

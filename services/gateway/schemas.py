@@ -39,7 +39,8 @@ class RunView(BaseModel):
     policy_lag: float | None = None
     data_wait_frac: float | None = None
     elapsed: float | None = None
-    solved: dict | None = None
+    solved: dict | None = Field(None, description="when the run met target_return: agent_steps, seconds, time "
+                                "and the mean_return that met it (the run's last mean may be a little lower)")
     actors: int = Field(0, description="actors serving the run (alive by their heartbeats)")
     dropped: int = Field(0, description="fragments dropped: queue overflow and staleness")
     rejected: int = Field(0, description="malformed or foreign messages dropped")

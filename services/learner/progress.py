@@ -51,7 +51,10 @@ class Progress:
         if target is None or not self.window_full or self.mean_return < target:
             return self.solved is not None
         if self.solved is None:
-            self.solved = {"agent_steps": self.agent_steps, "seconds": elapsed, "time": time.time()}
+            # The mean that met the target: episodes that end while the run winds down
+            # may move the run's last mean a little below it.
+            self.solved = {"agent_steps": self.agent_steps, "seconds": elapsed, "time": time.time(),
+                           "mean_return": self.mean_return}
         return True
 
 
