@@ -13,8 +13,11 @@ from shared import weights
 from shared.service import Counters
 
 
+NOW = 1e9  # when the last fragment went out: later than any notice (short_at) unless a test says so
+
+
 def feed_at(version: int) -> WeightsFeed:
-    feed = WeightsFeed(types.SimpleNamespace(counters=Counters()), "run", Serving("a", 0))
+    feed = WeightsFeed(types.SimpleNamespace(counters=Counters()), "run", Serving("a", 0), round_deadline_s=10.0)
     feed.ready = (version, {})
     return feed
 
@@ -22,10 +25,10 @@ def feed_at(version: int) -> WeightsFeed:
 def test_short_notice_frees_only_the_actor_whose_newest_fragment_is_held():
     feed = feed_at(64)
     feed.short = (64, {"a": 3, "b": 7})
-    assert feed.turn(64, sent=("a", 3))
-    assert not feed.turn(64, sent=("a", 4))  # a repeated notice: "a" has sent another since
-    assert not feed.turn(64, sent=("c", 3))  # an actor the learner holds nothing new from
-    assert not feed_short_of_newer_weights().turn(64, sent=("a", 3))
+    assert feed.turn(64, sent=("a", 3), sent_at=NOW)
+    assert not feed.turn(64, sent=("a", 4), sent_at=NOW)  # a repeated notice: "a" has sent another since
+    assert not feed.turn(64, sent=("c", 3), sent_at=NOW)  # an actor the learner holds nothing new from
+    assert not feed_short_of_newer_weights().turn(64, sent=("a", 3), sent_at=NOW)
 
 
 def test_an_actor_whose_newest_fragment_the_learner_lost_acts_again_after_the_deadline():
@@ -34,13 +37,11 @@ def test_an_actor_whose_newest_fragment_the_learner_lost_acts_again_after_the_de
     round_deadline_s after the fragment went out and does not hold it lets the actor act
     again; an earlier notice, or one from before it went out, does not."""
     feed = feed_at(64)
-    feed.round_deadline_s = 10.0
     sent_at = 1000.0
     for have in ({"a": 3}, {}, {"b": 9}):  # an older fragment of ours, or none, in the partial batch
         feed.short = (64, have)
         feed.short_at = sent_at + 10.0
         assert feed.turn(64, ("a", 4), sent_at) == "lost"
-        assert feed.turn(64, ("a", 4)) is None  # when it went out unknown: never guess
         feed.short_at = sent_at + 9.0
         assert feed.turn(64, ("a", 4), sent_at) is None  # it may still be on its way
         feed.short_at = sent_at - 1.0
@@ -59,18 +60,19 @@ def feed_short_of_newer_weights() -> WeightsFeed:
 
 def test_newer_weights_and_the_actors_own_untrained_fragments_pace_it():
     feed = feed_at(64)
-    assert feed.turn(32, sent=("a", 3)) and not feed.turn(64, sent=("a", 3))
+    assert feed.turn(32, sent=("a", 3), sent_at=NOW) and not feed.turn(64, sent=("a", 3), sent_at=NOW)
     feed.pending = {"b": 1}  # another actor's fragment of the next round came first: no reason to wait
-    assert feed.turn(32, sent=("a", 3))
+    assert feed.turn(32, sent=("a", 3), sent_at=NOW)
     feed.pending = {"a": 1, "b": 1}  # ours is not trained yet: acting now would train a batch late
-    assert not feed.turn(32, sent=("a", 3))
-    assert feed.turn(None, sent=("a", 3))  # the first fragment needs only weights
-    assert not WeightsFeed(types.SimpleNamespace(counters=Counters()), "run", Serving("a", 0)).turn(None, ("a", 0))
+    assert not feed.turn(32, sent=("a", 3), sent_at=NOW)
+    assert feed.turn(None, sent=("a", 3), sent_at=NOW)  # the first fragment needs only weights
+    no_weights = WeightsFeed(types.SimpleNamespace(counters=Counters()), "run", Serving("a", 0), round_deadline_s=10.0)
+    assert not no_weights.turn(None, ("a", 0), sent_at=NOW)
 
 
 async def test_the_learners_end_notice_ends_the_wait_at_once():
     feed = feed_at(64)
-    waiting = asyncio.create_task(feed.wait_for_turn(64, ("a", 3)))
+    waiting = asyncio.create_task(feed.wait_for_turn(64, ("a", 3), NOW))
     await asyncio.sleep(0.05)
     assert not waiting.done()
     await feed.on_notice(types.SimpleNamespace(data=json.dumps({"version": 64, "ended": True}).encode()))

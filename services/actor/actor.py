@@ -316,7 +316,7 @@ class WeightsFeed:
     seconds in case one was lost), so a fetch never holds up a rollout; `ready` is the
     newest (version, arrays)."""
 
-    def __init__(self, actor: Actor, run_id: str, state: Serving, round_deadline_s: float = 10.0):
+    def __init__(self, actor: Actor, run_id: str, state: Serving, round_deadline_s: float):
         self.actor, self.run_id, self.state = actor, run_id, state
         self.round_deadline_s = round_deadline_s
         self.ready: Optional[tuple[int, dict]] = None
@@ -358,7 +358,7 @@ class WeightsFeed:
             self.fetched.set()  # wakes waiters: new weights, or new pending figures
             await _wait_event(self.notice, 0.5 if got is None else WEIGHTS_POLL_S)
 
-    async def wait_for_turn(self, acted: Optional[int], sent: tuple[str, int], sent_at: Optional[float] = None) -> None:
+    async def wait_for_turn(self, acted: Optional[int], sent: tuple[str, int], sent_at: float) -> None:
         """Until this actor may act its next fragment (see `turn`), or leaves the run."""
         while (why := self.turn(acted, sent, sent_at)) is None and self.state.left is None:
             self.fetched.clear()
@@ -372,7 +372,7 @@ class WeightsFeed:
             self.actor.counters.inc("lost_fragments")
             log.info("run %s: fragment %d of %s did not reach the learner; acting again", self.run_id, sent[1], sent[0])
 
-    def turn(self, acted: Optional[int], sent: tuple[str, int], sent_at: Optional[float] = None) -> Optional[str]:
+    def turn(self, acted: Optional[int], sent: tuple[str, int], sent_at: float) -> Optional[str]:
         """Why this actor may act its next fragment now, or None. Weights are here and,
         after a fragment acted on version `acted`: newer weights are here and the learner
         holds none of this actor's fragments untrained ("weights"), or the learner is
@@ -387,20 +387,16 @@ class WeightsFeed:
         if self.ready[0] > acted and self.pending.get(sent[0], 0) == 0:
             return "weights"
         if self.short is not None and self.ready[0] >= self.short[0]:
-            if self.short[1].get(sent[0]) == sent[1]:
+            held = self.short[1].get(sent[0], 0)  # sequence numbers start at 1
+            if held == sent[1]:
                 return "held"
-            if self.lost(sent, sent_at):
+            # A notice that came round_deadline_s or more after our newest fragment went out
+            # (at `sent_at`, time.monotonic) and holds none up to it: that fragment was lost
+            # in transit (a broker restart, a dropped connection). No weights can come
+            # without data, so act again on these; the learner counts the sequence gap.
+            if held < sent[1] and self.short_at - sent_at >= self.round_deadline_s:
                 return "lost"
         return None
-
-    def lost(self, sent: tuple[str, int], sent_at: Optional[float]) -> bool:
-        """The learner is short of data, and a notice that came round_deadline_s or more
-        after this actor's newest fragment went out (at `sent_at`, time.monotonic) holds
-        none up to it: that fragment was lost in transit (a broker restart, a dropped
-        connection). No weights can come without data, so the actor acts again on the
-        ones it has; the learner counts the gap in sequence numbers."""
-        return (self.short is not None and sent_at is not None and self.short[1].get(sent[0], 0) < sent[1]
-                and self.short_at - sent_at >= self.round_deadline_s)
 
 
 async def _leave_on(stop: asyncio.Event, state: Serving) -> None:

@@ -76,8 +76,9 @@ class Prefetcher:
         # waited for that poll.
         self.waiting = asyncio.Event()
         self.leftover: Optional[Fragment] = None  # the unused columns of the last fresh fragment
-        self.waiting_with: list[Fragment] = []  # a partial batch's fresh fragments, while it waits for more
-        self.batch_waiting = False  # the batch being made waits for fresh fragments (with none in the pipeline)
+        # While the batch being made waits for fresh fragments (none left in the pipeline): its
+        # fresh fragments so far, maybe none; None while it is not waiting.
+        self.waiting_with: Optional[list[Fragment]] = None
         self.gaps = gaps  # per-actor sequence numbers: messages lost in transit
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=cfg.prefetch_batches)
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -186,7 +187,7 @@ class Prefetcher:
         the run, for round_deadline_s after the run's first fragment: at the start the
         actors that start last would otherwise find the first batches filled by the
         first one, a race that made a seed's run differ from one run to the next."""
-        if not self.batch_waiting:
+        if self.waiting_with is None:
             return None
         now = self.clock()
         if (len(self.members()) < (self.cfg.num_actors or 1) and self.first_heard is not None
@@ -234,13 +235,13 @@ class Prefetcher:
         while (missing := need - sum(f.num_columns for f in parts)) > 0:
             if self.leftover is None:
                 if not self.fresh:
-                    self.waiting_with, self.batch_waiting = fresh_parts, True
+                    self.waiting_with = fresh_parts
                     self.waiting.set()
                     self.arrived.clear()
                     try:
                         await self.arrived.wait()
                     finally:
-                        self.waiting_with, self.batch_waiting = [], False
+                        self.waiting_with = None
                     continue
                 data, columns, actor = self.fresh.popleft()
                 self.leftover = (await self._decode_all([data], fresh=True) or [None])[0]
