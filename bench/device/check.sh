@@ -9,8 +9,11 @@
 #               time the GPU waits for the prefetch pipeline (bench/throughput.py)  about 3 min
 #   pong        Pong on the whole stack for PONG_MINUTES (default 4; 18 takes longer
 #               unless the GPU and 16 cores are fast enough) (bench/pong.py)      PONG_MINUTES + 1
+#   atari       ATARI_GAME (default Breakout) for ATARI_MINUTES (default 8) on the whole stack,
+#               e.g. the encoder study a 2-core VM cannot afford:
+#               STACK_SET="latent_ae=false model=impala_resnet" (bench/atari.py)  ATARI_MINUTES + 1
 # Results go to bench/results/gpu-*.json and are copied to $OUT.
-#   bash bench/device/check.sh [learner] [throughput] [pong]      (no argument: all three, in that order)
+#   bash bench/device/check.sh [learner] [throughput] [pong] [atari]   (no argument: the first three, in that order)
 # The steps run in the order given, so put first the one that must not be cut by the call's limit.
 # THROUGHPUT_SECONDS (default 60) sets the throughput step's window (its ceilings take half each).
 # The whole log goes to $OUT/check.log, and nvidia-smi's GPU load, once a second, to
@@ -24,6 +27,8 @@ cd "$(dirname "$0")/../.."
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 PONG_MINUTES=${PONG_MINUTES:-4}
+ATARI_GAME=${ATARI_GAME:-Breakout}
+ATARI_MINUTES=${ATARI_MINUTES:-8}
 THROUGHPUT_SECONDS=${THROUGHPUT_SECONDS:-60}
 OUT=${OUT:-/tmp/device-out}
 mkdir -p "$OUT"
@@ -61,6 +66,8 @@ for step in "${steps[@]}"; do
       done ;;
     throughput) timeout $((THROUGHPUT_SECONDS * 2 + 150)) "$PY" bench/throughput.py --seconds "$THROUGHPUT_SECONDS" --warmup 15 --name gpu-throughput "${sets[@]}" ;;
     pong) timeout $((PONG_MINUTES * 60 + 150)) "$PY" bench/pong.py --max-minutes "$PONG_MINUTES" --name gpu-pong "${sets[@]}" ;;
+    atari) timeout $((ATARI_MINUTES * 60 + 150)) "$PY" bench/atari.py --game "$ATARI_GAME" --max-minutes "$ATARI_MINUTES" \
+             --name "gpu-atari-${ATARI_GAME,,}" "${sets[@]}" ;;
     *) echo "unknown step $step"; false ;;
   esac
   status=$?
