@@ -37,7 +37,7 @@ ATARI_PRESET: dict[str, Any] = {
     "learning_rate": 0.0008, "lr_schedule": [[1_000_000, 0.0008], [2_000_000, 0.0001]],
     "entropy_coef": 0.01, "entropy_schedule": [[1_000_000, 0.01], [2_000_000, 0.001]],
     "vtrace_lambda": 0.95, "clip_eps": 0.1, "max_grad_norm": 0.5, "normalize_advantages": True,
-    "target_update_interval": 16, "latent_ae": True, "latent_dim": 256, "ae_channels": [8, 16],
+    "target_update_interval": 16, "latent_ae": True, "latent_dim": 256, "ae_channels": [32, 64],
     "ae_coef": 0.1, "ae_fraction": 0.125, "max_policy_lag": 100, "flow": "sync", "publish_interval": 0.5,
     "life_loss_terminal": True,
 }

@@ -146,10 +146,9 @@ class UpConv(nn.Module):
 class LatentAE(nn.Module):
     """Small conv encoder to a latent of latent_dim, and a mirrored decoder
     (84 -> 20 -> 9 -> latent -> 9 -> 20 -> 84), with `channels` in the two
-    conv layers. Why few: the learner trains every sample four times and on a
-    CPU the conv layers are most of its cost; on Pong 8 and 16 channels
-    learned as fast per agent step as 16 and 32, at 0.6 of the learner's time
-    (docs/decisions.md)."""
+    conv layers (the Nature CNN's first two). Why two, not three: the decoder
+    mirrors them, and each layer it has costs the learner on every sample it
+    reconstructs. The Atari preset's width, and why, is in docs/decisions.md."""
 
     def __init__(self, in_ch: int, latent_dim: int, channels: tuple[int, int]):
         super().__init__()
